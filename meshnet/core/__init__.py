@@ -1,0 +1,1 @@
+"""Shared building blocks of the pure cores: errors, deadlines, the drive step."""
