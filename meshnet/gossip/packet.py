@@ -22,14 +22,11 @@ from __future__ import annotations
 import random
 import struct
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from meshnet.core.errors import DecodeError, LocalProtocolError
-from meshnet.gossip import codec
+from meshnet.gossip import codec, lzw
+from meshnet.gossip.keyring import Keyring, decrypt_payload, encrypt, encrypted_length
 from meshnet.gossip.messages import Message, MessageType, UserMsg
-
-if TYPE_CHECKING:
-    from meshnet.gossip.keyring import Keyring
 
 __all__ = [
     "encode_datagram",
@@ -77,15 +74,11 @@ _STREAM_TYPES = frozenset({_T.PING, _T.ACK_RESP, _T.ERR, _T.PUSH_PULL, _T.USER})
 
 def encode_compress(inner: bytes) -> bytes:
     """``09 | msgpack {Algo: 0, Buf: lzw(inner)}``, as memberlist's compressPayload writes it."""
-    from meshnet.gossip import lzw
-
     return bytes((_T.COMPRESS,)) + codec.pack({"Algo": _LZW_ALGO, "Buf": lzw.compress(inner)})
 
 
 def decode_compress(data: bytes, *, max_size: int) -> bytes:
     """Inflate a compress wrapper (type byte included); the result is at most ``max_size`` bytes."""
-    from meshnet.gossip import lzw
-
     if not data or data[0] != _T.COMPRESS:
         raise DecodeError("not a compress message")
     body, _ = codec.unpack_one(data, 1)
@@ -102,6 +95,11 @@ def decode_compress(data: bytes, *, max_size: int) -> bytes:
     if not isinstance(buf, bytes):
         raise DecodeError("compress: Buf is not a byte string")
     return lzw.decompress(buf, max_size=max_size)
+
+
+def _seal(keyring: Keyring, plain: bytes, aad: bytes, nonce: bytes) -> bytes:
+    key = keyring.primary
+    return encrypt(_ENCRYPTION_VERSION, key, plain, aad, nonce, cipher=keyring.cipher(key))
 
 
 # --- datagrams -------------------------------------------------------------------------------------
@@ -134,10 +132,8 @@ def encode_datagram(
     if crc:
         payload = codec.encode_crc(payload)
     if keyring is not None:
-        from meshnet.gossip.keyring import encrypt
-
         nonce = rng.randbytes(_NONCE_SIZE)
-        payload = encrypt(_ENCRYPTION_VERSION, keyring.primary, payload, b"", nonce)
+        payload = _seal(keyring, payload, b"", nonce)
     if len(payload) > MAX_UDP_PAYLOAD:
         raise LocalProtocolError(
             f"datagram of {len(payload)} bytes exceeds the UDP maximum {MAX_UDP_PAYLOAD} "
@@ -157,8 +153,6 @@ def decode_datagram(data: bytes, *, keyring: Keyring | None, verify_incoming: bo
     try:
         data = bytes(data)
         if keyring is not None:
-            from meshnet.gossip.keyring import decrypt_payload
-
             try:
                 data = decrypt_payload(keyring, data, b"")
             except DecodeError:
@@ -215,11 +209,9 @@ def encode_stream(message: bytes, *, compress: bool, keyring: Keyring | None, rn
     if compress:
         frame = encode_compress(frame)
     if keyring is not None:
-        from meshnet.gossip.keyring import encrypt, encrypted_length
-
         header = bytes((_T.ENCRYPT,)) + struct.pack(">I", encrypted_length(_ENCRYPTION_VERSION, len(frame)))
         nonce = rng.randbytes(_NONCE_SIZE)
-        frame = header + encrypt(_ENCRYPTION_VERSION, keyring.primary, frame, header, nonce)
+        frame = header + _seal(keyring, frame, header, nonce)
     return frame
 
 
@@ -244,8 +236,6 @@ def decode_stream(data: bytes, *, keyring: Keyring | None, verify_incoming: bool
                 raise DecodeError(f"encrypted stream of {length} bytes exceeds {MAX_STREAM_FRAME}")
             if len(data) < 5 + length:
                 raise DecodeError("truncated encrypted stream")
-            from meshnet.gossip.keyring import decrypt_payload
-
             data = decrypt_payload(keyring, data[5 : 5 + length], data[:5])
         elif keyring is not None and verify_incoming:
             raise DecodeError("encryption is configured but remote state is not encrypted")
