@@ -15,6 +15,7 @@ __all__ = [
     "LocalProtocolError",
     "RemoteProtocolError",
     "DecodeError",
+    "ApiError",
 ]
 
 
@@ -45,3 +46,13 @@ class RemoteProtocolError(ProtocolError):
 
 class DecodeError(RemoteProtocolError, ValueError):
     """Bytes from the wire could not be decoded."""
+
+
+class ApiError(MeshnetError):
+    """What the local control API answers: an HTTP status, a stable machine code and a message naming the fix."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
