@@ -47,6 +47,7 @@ __all__ = [
     "meshnet_command",
     "new_key",
     "parse_meshnet_members",
+    "parse_serf_members",
     "wait_for",
     "write_keyring",
 ]
