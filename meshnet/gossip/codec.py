@@ -248,7 +248,7 @@ def decode_message(data: bytes) -> Message:
     """Decode one plain (non-framing) message: type byte + body.
 
     A UDP user message (``08`` + bytes) becomes ``UserMsg``. Framings (compound, compress, CRC,
-    encrypt) raise ``DecodeError`` here; use ``packet.decode_packet`` for a whole datagram.
+    encrypt) raise ``DecodeError`` here; use ``packet.decode_datagram`` for a whole datagram.
     """
     if not data:
         raise DecodeError("empty message")
