@@ -16,6 +16,8 @@ API call, ``drive.fire_due`` on a timer), and ``_process`` turns the outputs int
   reply would be later than its timeout, ends in ``stream_failed`` at the timeout (``STREAM_FAIL``);
   a request answered with nothing when a reply was expected fails one latency later (EOF). Frames
   are checked with ``stream_frame_length`` on the receiving core, the way the runtime reads them;
+  ``endpoints`` are virtual stream peers (an address that is no node, answered by a function), used
+  to hand a core a synthetic push-pull reply;
 * events -> the ``Trace``, the node's ``MemberView`` (see ``sim.checks``) and any listeners;
 * the next deadline -> a lazy ``TIMER`` entry (stale ones are ignored when popped).
 
@@ -141,6 +143,8 @@ class Cluster:
         self.violations: list[str] = []
         #: When the network last stopped being faulty (heal, loss off), for safety grace periods.
         self.last_net_fault_end_us = 0
+        #: Virtual stream endpoints: an address that is no node, answered by ``fn(src_node, data, now)``.
+        self.endpoints: dict[Addr, Callable[[SimNode, bytes, float], bytes | None]] = {}
         self.unknown_dst = 0
         self.dropped_at_down = 0
         self.streams_failed = 0
@@ -476,6 +480,16 @@ class Cluster:
         deadline = t + to_us(req.timeout)
         dst = self.by_addr.get(req.addr)
         net = self.network
+        if dst is None and req.addr in self.endpoints:
+            reply = self.endpoints[req.addr](node, req.data, t / US_PER_S)
+            rtt = 2 * net.one_way_us(node.idx, node.idx) + net.one_way_us(node.idx, node.idx)
+            if not req.expect_reply:
+                return
+            if reply is None:
+                self.sched.push(t + rtt, self._k_sfail, sid, "eof")
+            else:
+                self.sched.push(t + rtt, self._k_srep, sid, (node, reply, deadline))
+            return
         if dst is None or not dst.running or not net.connected(node.idx, dst.idx):
             self.sched.push(deadline, self._k_sfail, sid, "unreachable")
             return
