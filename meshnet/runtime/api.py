@@ -154,12 +154,10 @@ async def read_request(stream: trio.abc.ReceiveStream) -> Request | None:
     """
     buf = bytearray()
     while True:
-        end = buf.find(b"\r\n\r\n")
-        sep = 4
-        if end < 0:
-            end = buf.find(b"\n\n")
-            sep = 2
-        if end >= 0:
+        # The head ends at the first empty line, CRLF or (leniently) bare LF.
+        ends = [(i, n) for i, n in ((buf.find(b"\r\n\r\n"), 4), (buf.find(b"\n\n"), 2)) if i >= 0]
+        if ends:
+            end, sep = min(ends)
             break
         if len(buf) > MAX_HEAD_BYTES:
             raise ApiError(431, "head_too_large", f"request head over {MAX_HEAD_BYTES} bytes")
