@@ -370,7 +370,6 @@ class Cluster:
             net = self.network
             push = self.sched.push
             by_addr = self.by_addr
-            trace = self.trace
             k = self._k_dgram
             for addr, data in out.datagrams:
                 node.sent_datagrams += 1
@@ -379,7 +378,6 @@ class Cluster:
                 if dst is None:
                     self.unknown_dst += 1
                     continue
-                trace.packet(t, node.idx, dst.idx, data)
                 for d in net.datagram_delays(node.idx, dst.idx, len(data)):
                     push(t + d, k, dst, (node.idx, data))
         if out.streams:
@@ -446,6 +444,7 @@ class Cluster:
             return
         src, data = payload
         node.recv_datagrams += 1
+        self.trace.packet(t, src, node.idx, data)
         core = node.core
         core.receive_datagram(self.nodes[src].addr, data, now=t / US_PER_S)
         self._process(node, drain(core), t)

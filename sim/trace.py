@@ -2,7 +2,8 @@
 
 Theory of operation. Every observable thing the simulated world does is recorded here in the order
 the scheduler processes it: core events (``MemberJoined`` ...) and simulator actions (``crash``,
-``partition`` ...) as records, and every datagram and stream hop as packet digests. Each record is a
+``partition`` ...) as records, and every datagram and stream hop as a packet digest when it is
+delivered (so latency, loss and duplication all show in the hash). Each record is a
 tuple ``(t_us, node, event, *values)`` of primitives (str/int/bytes/bool/None); its ``repr`` feeds a
 running BLAKE2b hash, so the hash of a whole run is the determinism oracle: same seed, same hash, and
 any divergence (a set iterated in hash order, a stray real clock) changes it. Packets are hashed as
