@@ -4,8 +4,8 @@
   (``CI`` set) a missing privilege is a failure, never a silent skip.
 - ``@pytest.mark.interop``: the test runs a real third-party peer (serf, dig, nft).
 - ``@pytest.mark.hang_guard(seconds)``: this test's hang limit (default ``MESHNET_TEST_TIMEOUT``, 300 s).
-  A test that runs past it has every thread's stack dumped and the pytest process is ended with exit
-  code 1, so a hang can never eat CI's time budget silently. Child processes started through
+  A test that runs past it gets its captured output and every thread's stack written to stderr, and the
+  pytest process ends with exit code 1, so a hang can never eat CI's time budget silently. Child processes started through
   ``tests/interop/serfctl.py`` die with pytest (``PR_SET_PDEATHSIG``).
 - ``in_ci()``, the ``serf_bin`` fixture: the path of the ``serf`` binary; fails under CI when missing.
 """
@@ -16,6 +16,7 @@ import faulthandler
 import os
 import shutil
 import sys
+import threading
 
 import pytest
 
@@ -54,20 +55,46 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(message)
 
 
+def _end_hung_run(item: pytest.Item, limit: float) -> None:
+    """Runs on the guard's timer thread: show what the test printed and every stack, then exit 1.
+
+    A hung test cannot be interrupted safely from another thread, so the process ends; children started
+    through ``tests/interop/serfctl.py`` die with it (PR_SET_PDEATHSIG).
+    """
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    out = err = ""
+    if capman is not None:
+        capman.suspend_global_capture(in_=True)
+        out, err = capman.read_global_capture()
+    stream = sys.stderr
+    stream.write(
+        f"\n{'!' * 30} hang guard: {item.nodeid} ran longer than {limit:g} s; ending the run {'!' * 30}\n"
+    )
+    if out:
+        stream.write(f"----- captured stdout\n{out}\n")
+    if err:
+        stream.write(f"----- captured stderr\n{err}\n")
+    stream.write("----- stacks\n")
+    stream.flush()
+    faulthandler.dump_traceback(file=stream, all_threads=True)
+    stream.flush()
+    os._exit(1)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     marker = item.get_closest_marker("hang_guard")
     limit = float(marker.args[0]) if marker is not None and marker.args else DEFAULT_HANG_GUARD_S
-    if limit > 0:
-        sys.stderr.flush()
-        # Covers setup, call and teardown. exit=True: a hung test cannot be interrupted safely from
-        # another thread, so the process ends (exit code 1) after the stacks are on stderr.
-        faulthandler.dump_traceback_later(limit, exit=True)
+    timer = None
+    if limit > 0:  # covers setup, call and teardown
+        timer = threading.Timer(limit, _end_hung_run, args=(item, limit))
+        timer.daemon = True
+        timer.start()
     try:
         yield
     finally:
-        if limit > 0:
-            faulthandler.cancel_dump_traceback_later()
+        if timer is not None:
+            timer.cancel()
 
 
 @pytest.fixture(scope="session")
