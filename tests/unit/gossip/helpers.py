@@ -97,6 +97,8 @@ class MiniCluster:
         self.udp_blocked: set[tuple[str, str]] = set()
         self.intercept: Callable[[str, Addr, bytes], bool] | None = None
         self.streams_failed = 0
+        #: Every stream request: (time, opener, request).
+        self.stream_log: list[tuple[float, str, Any]] = []
         self._heap: list[_Item] = []
         self._seq = 0
         self._ephemeral = 40000
@@ -217,6 +219,7 @@ class MiniCluster:
             if ok:
                 self._push(self.now + self.latency, "datagram", dst_name, self.addrs[name], data)
         for req in out.streams:
+            self.stream_log.append((self.now, name, req))
             dst_name = self.by_addr.get(req.addr)
             if self.reachable(name, dst_name):
                 self._push(self.now + self.latency, "stream", name, dst_name, req)
