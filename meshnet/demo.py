@@ -93,17 +93,19 @@ def _bound_port(agent: Agent) -> int | None:
 
 
 def _stop(agents: Sequence[Agent]) -> None:
-    """SIGTERM each agent by PID (a graceful leave), wait, SIGKILL what is left."""
-    for agent in agents:
+    """SIGTERM each agent by PID (a graceful leave), one after the other, SIGKILL one that hangs.
+
+    One at a time, newest first: each leave is then seen by the agents still running, and no agent
+    waits out its leave timeout for peers that are themselves leaving.
+    """
+    for agent in reversed(agents):
         if agent.proc.poll() is None:
             agent.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for agent in agents:
-        try:
-            agent.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            agent.proc.kill()
-            agent.proc.wait()
+            try:
+                agent.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                agent.proc.kill()
+                agent.proc.wait()
         agent.log_file.close()
 
 

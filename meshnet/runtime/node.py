@@ -36,6 +36,7 @@ from meshnet.core.drive import Outputs, drain, fire_due
 from meshnet.core.errors import ConfigError, DecodeError
 from meshnet.gossip import events as ev
 from meshnet.gossip.config import GossipConfig
+from meshnet.gossip.swim import Swim
 
 __all__ = ["Addr", "Node", "run_node", "MAX_STREAM_FRAME_BYTES"]
 
@@ -57,12 +58,6 @@ _RECEIVE_CHUNK = 1 << 20
 
 class FrameTooLarge(Exception):
     """A TCP frame grew past MAX_STREAM_FRAME_BYTES."""
-
-
-def _default_swim_factory(config: GossipConfig, **kwargs: Any) -> Any:
-    from meshnet.gossip.swim import Swim  # the core lands in parallel; import at first use
-
-    return Swim(config, **kwargs)
 
 
 class Node:
@@ -104,7 +99,7 @@ class Node:
         self.meta = meta
         self.keyring = keyring
         self.rng = rng if rng is not None else random.Random()
-        self._swim_factory = swim_factory or _default_swim_factory
+        self._swim_factory = swim_factory or Swim
         self._on_event = on_event
         self._retry_join_interval = retry_join_interval
         self._retry_join_max_interval = retry_join_max_interval
@@ -142,6 +137,7 @@ class Node:
         self._deadline: float | None = None
         self._timer_scope: trio.CancelScope | None = None
         self._inbound_active = 0
+        self._udp_sending = False
         self._left = trio.Event()
         self._join_outcome = trio.Event()
         self._stopped = trio.Event()
@@ -241,9 +237,15 @@ class Node:
             self.is_leaving = True
             log.info("leaving the cluster (waiting up to %.1fs for the broadcast)", self.config.leave_timeout)
             self._feed(lambda now: self.swim.leave(now=now))
-        # The core bounds its own wait by leave_timeout; the extra second covers a core that never says so.
-        with trio.move_on_after(self.config.leave_timeout + 1.0):
+        # The core bounds each of its two leave steps (serf intent, then dead) by leave_timeout; the
+        # extra second covers a core that never says so.
+        with trio.move_on_after(2 * self.config.leave_timeout + 1.0):
             await self._left.wait()
+        # The last leave broadcasts often come out in the same step as LeaveCompleted: hand them to the
+        # kernel before the caller stops us, or peers would see a failure instead of a leave.
+        with trio.move_on_after(1.0):
+            while self._dgram_send.statistics().current_buffer_used or self._udp_sending:
+                await trio.sleep(0.001)
         if self.leave_drained is None:
             self.leave_drained = False
         return self.leave_drained
@@ -318,6 +320,7 @@ class Node:
     async def _udp_send_loop(self) -> None:
         assert self._udp is not None
         async for addr, data in self._dgram_recv:
+            self._udp_sending = True
             try:
                 await self._udp.sendto(data, addr)
             except OSError as exc:
@@ -325,6 +328,8 @@ class Node:
                 log.debug("udp send to %s:%s failed: %s", addr[0], addr[1], exc)
             else:
                 self.stats["udp_sent"] += 1
+            finally:
+                self._udp_sending = False
 
     # -- TCP --
 

@@ -172,3 +172,14 @@ def test_parse_head_accepts_lenient_but_valid_heads():
     with pytest.raises(ApiError) as info:
         parse_head(b"GET /a HTTP/1.1\r\n\r\nX: y")
     assert info.value.status == 400
+
+
+def test_tags_decode_never_raises_and_encode_names_the_limit():
+    from meshnet.runtime.tags import decode_tags, encode_tags
+
+    assert decode_tags(encode_tags({"role": "web", "dc": "lab"})) == {"dc": "lab", "role": "web"}
+    assert decode_tags(b"\xff\xc1") == {"meta": "ffc1"}
+    assert decode_tags(b"\xff\x92\x01\x02") == {"meta": "ff920102"}
+    assert decode_tags(b"db") == {"role": "db"}
+    with pytest.raises(ConfigError, match="fewer or shorter tags"):
+        encode_tags({"k": "v" * 600})
