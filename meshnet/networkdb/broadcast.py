@@ -10,10 +10,10 @@ scaled by the network's size, not the cluster's). Rules that fix libnetwork's qu
    replaces the queued one only if its precedence is greater; an older or equal one is refused. The
    facade only queues versions that won the merge, so this is also an internal invariant.
 2. Local writes before rebroadcasts (moby#50193): items are taken in the order (local first, fewest
-   transmits, newest), so a flood of rebroadcasts can delay a local write by at most the one gossip
-   interval it waits for the next take.
-3. Bounded and visible: at most ``max_len`` items. When full, the most-transmitted, oldest rebroadcast
-   is evicted; a rebroadcast arriving at a queue full of local writes is dropped; only a queue full of
+   transmits, latest to reach that transmit count first: newest first among fresh items), so a flood of
+   rebroadcasts can delay a local write by at most the one gossip interval it waits for the next take.
+3. Bounded and visible: at most ``max_len`` items. When full, the most-transmitted (then oldest)
+   rebroadcast is evicted; a rebroadcast arriving at a queue full of local writes is dropped; only a queue full of
    local writes evicts a local write. Evictions are safe (anti-entropy carries every entry) and counted.
 
 An item larger than the batch budget on its own is returned separately ("large"), to be sent reliably.
@@ -22,7 +22,7 @@ An item larger than the batch budget on its own is returned separately ("large")
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["QueueItem", "QueueStats", "NetworkQueue"]
@@ -38,10 +38,6 @@ class QueueItem:
     is_local: bool
     transmits: int = 0
     seq: int = 0
-
-    def order(self) -> tuple[int, int, int]:
-        """Sort key: local first, then fewest transmits, then newest."""
-        return (0 if self.is_local else 1, self.transmits, -self.seq)
 
 
 @dataclass(slots=True)
@@ -68,14 +64,23 @@ class QueueStats:
         }
 
 
-@dataclass(slots=True)
 class NetworkQueue:
-    """The table-event queue of one network."""
+    """The table-event queue of one network.
 
-    max_len: int
-    stats: QueueStats = field(default_factory=QueueStats)
-    _items: dict[Hashable, QueueItem] = field(default_factory=dict)
-    _seq: int = 0
+    Items live in buckets keyed by (class, transmits), each an insertion-ordered dict: a take walks the
+    local buckets then the rebroadcast buckets by increasing transmits, newest-in-bucket first, and stops
+    once the batch is full, so it costs about the batch size, not the queue length; eviction takes the
+    oldest item of the highest rebroadcast bucket in O(number of buckets)."""
+
+    __slots__ = ("max_len", "stats", "_items", "_buckets", "_seq")
+
+    def __init__(self, *, max_len: int) -> None:
+        self.max_len = max_len
+        self.stats = QueueStats()
+        self._items: dict[Hashable, QueueItem] = {}
+        #: (0 local | 1 rebroadcast, transmits) -> keys, oldest first
+        self._buckets: dict[tuple[int, int], dict[Hashable, None]] = {}
+        self._seq = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -88,7 +93,21 @@ class NetworkQueue:
 
     @property
     def local_len(self) -> int:
-        return sum(1 for i in self._items.values() if i.is_local)
+        return sum(len(b) for (cls, _), b in self._buckets.items() if cls == 0)
+
+    def _file(self, item: QueueItem) -> None:
+        self._buckets.setdefault((0 if item.is_local else 1, item.transmits), {})[item.key] = None
+
+    def _unfile(self, item: QueueItem) -> None:
+        bk = (0 if item.is_local else 1, item.transmits)
+        bucket = self._buckets[bk]
+        del bucket[item.key]
+        if not bucket:
+            del self._buckets[bk]
+
+    def _drop(self, item: QueueItem) -> None:
+        self._unfile(item)
+        del self._items[item.key]
 
     def enqueue(self, key: Hashable, precedence: Any, raw: bytes, *, is_local: bool) -> bool:
         """Queue an event; False if refused (not newer than the queued one, or full of local writes)."""
@@ -97,26 +116,29 @@ class NetworkQueue:
             if not precedence > existing.precedence:
                 self.stats.refused_stale += 1
                 return False
-            del self._items[key]
+            self._drop(existing)
             self.stats.superseded += 1
         elif len(self._items) >= self.max_len and not self._evict_for(is_local):
             self.stats.dropped_full += 1
             return False
         self._seq += 1
-        self._items[key] = QueueItem(key, precedence, raw, is_local, 0, self._seq)
+        item = QueueItem(key, precedence, raw, is_local, 0, self._seq)
+        self._items[key] = item
+        self._file(item)
         self.stats.enqueued += 1
         self.stats.max_len_seen = max(self.stats.max_len_seen, len(self._items))
         return True
 
     def _evict_for(self, is_local: bool) -> bool:
-        relays = [i for i in self._items.values() if not i.is_local]
-        pool = relays if relays else ([i for i in self._items.values()] if is_local else [])
-        if not pool:
-            return False
-        victim = max(pool, key=lambda i: (i.transmits, -i.seq))
-        del self._items[victim.key]
-        self.stats.evicted += 1
-        return True
+        classes = (1, 0) if is_local else (1,)
+        for cls in classes:
+            buckets = [bk for bk in self._buckets if bk[0] == cls]
+            if buckets:
+                bucket = self._buckets[max(buckets)]
+                self._drop(self._items[next(iter(bucket))])
+                self.stats.evicted += 1
+                return True
+        return False
 
     def take(self, budget_bytes: int, limit: int) -> tuple[list[QueueItem], list[QueueItem]]:
         """One batch whose raw sizes sum to at most ``budget_bytes``, plus at most one item too large
@@ -124,23 +146,34 @@ class NetworkQueue:
         batch: list[QueueItem] = []
         large: list[QueueItem] = []
         room = budget_bytes
-        for item in sorted(self._items.values(), key=QueueItem.order):
-            size = len(item.raw)
-            if size > budget_bytes:
-                if not large:
-                    large.append(item)
-            elif size <= room:
-                batch.append(item)
-                room -= size
-            if room < 16 and large:
+        misses = 0
+        for bk in sorted(self._buckets):
+            for key in reversed(self._buckets[bk]):
+                item = self._items[key]
+                size = len(item.raw)
+                if size > budget_bytes:
+                    if not large:
+                        large.append(item)
+                elif size <= room:
+                    batch.append(item)
+                    room -= size
+                else:
+                    misses += 1
+                if room < 16 or misses > 32:
+                    break
+            if room < 16 or misses > 32:
                 break
         for item in batch + large:
+            self._unfile(item)
             item.transmits += 1
             self.stats.transmitted += 1
             if item.transmits >= limit:
                 del self._items[item.key]
                 self.stats.completed += 1
+            else:
+                self._file(item)
         return batch, large
 
     def clear(self) -> None:
         self._items.clear()
+        self._buckets.clear()

@@ -7,7 +7,8 @@ with ``DecodeError`` (a future version adds codes, never changes these). Bodies 
 
     TableEvents       [network, [entry...]]
     AttachmentEvents  [[attachment...]]
-    BulkSync          [sync_id, is_reply, part, parts, [network...], [attachment...], [[network, [entry...]]...]]
+    BulkSync          [sync_id, mode, part, parts, [network...], [attachment...], [[network, digest]...],
+                       [want network...], [[network, [entry...]]...]]
     StateSync         [sync_id, is_reply, part, parts, [attachment...]]
     PushPullState     [[attachment...]]
     Request/Response  [request_id, payload]
@@ -45,6 +46,7 @@ from .messages import (
     Request,
     Response,
     StateSync,
+    SyncMode,
     TableEvents,
     WireAttachment,
     WireEntry,
@@ -167,11 +169,13 @@ def _body_list(body: Body) -> list[Any]:
     if isinstance(body, BulkSync):
         return [
             body.sync_id,
-            body.is_reply,
+            int(body.mode),
             body.part,
             body.parts,
             list(body.networks),
             [_attachment_list(a) for a in body.attachments],
+            [[net, d] for net, d in body.digests],
+            list(body.want),
             [[net, [_entry_list(e) for e in entries]] for net, entries in body.sections],
         ]
     if isinstance(body, StateSync):
@@ -209,20 +213,23 @@ def encode_bulk_sync(
     cluster_id: str,
     *,
     sync_id: int,
-    is_reply: bool,
+    mode: SyncMode,
     networks: Sequence[str],
     attachments: Sequence[WireAttachment],
-    sections: Sequence[tuple[str, Sequence[WireEntry]]],
+    digests: Sequence[tuple[str, int]] = (),
+    want: Sequence[str] = (),
+    sections: Sequence[tuple[str, Sequence[WireEntry]]] = (),
     max_bytes: int,
 ) -> list[bytes]:
     """One or more ``BulkSync`` payloads of about ``max_bytes`` at most, carrying everything given.
 
     Attachments come first (a receiver admits entries by attachment), then entries network by network;
-    every part repeats ``networks``, so each part is a complete message that merges on its own.
+    every part repeats ``networks``, ``digests`` and ``want``, so each part merges on its own.
     """
     header = _header(Kind.BULK_SYNC, sender, cluster_id)
     packed_networks = _pack(list(networks))
-    budget = max(1024, max_bytes - len(header) - len(packed_networks) - 64)
+    packed_meta = _pack([[net, d] for net, d in digests]) + _pack(list(want))
+    budget = max(1024, max_bytes - len(header) - len(packed_networks) - len(packed_meta) - 64)
     # items: (section network or None for an attachment, raw bytes)
     items: list[tuple[str | None, bytes]] = [(None, _pack(_attachment_list(a))) for a in attachments]
     net_overhead: dict[str, int] = {}
@@ -246,9 +253,10 @@ def encode_bulk_sync(
             if not secs or secs[-1][0] != net:
                 secs.append((net, []))
             secs[-1][1].append(raw)
-        chunks = [header, b"\x97", _pack(sync_id), _pack(is_reply), _pack(i), _pack(parts), packed_networks]
+        chunks = [header, b"\x99", _pack(sync_id), _pack(int(mode)), _pack(i), _pack(parts), packed_networks]
         chunks.append(_array_header(len(atts)))
         chunks.extend(atts)
+        chunks.append(packed_meta)
         chunks.append(_array_header(len(secs)))
         for net, raws in secs:
             chunks.extend((b"\x92", _pack(net), _array_header(len(raws))))
@@ -369,19 +377,32 @@ def _body(kind: Kind, v: Any, lim: Limits) -> Body:
         f = _list(v, "PushPullState", 1)
         return PushPullState(attachments=_attachments(f[0], lim))
     if kind is Kind.BULK_SYNC:
-        f = _list(v, "BulkSync", 7)
+        f = _list(v, "BulkSync", 9)
         parts = _int(f[3], "parts", 1, _MAX_PARTS)
+        mode = _int(f[1], "mode", 0, 255)
+        try:
+            sync_mode = SyncMode(mode)
+        except ValueError as exc:
+            raise DecodeError(f"unknown bulk sync mode {mode}") from exc
+        digests = []
+        for d in _list(f[6], "digests"):
+            df = _list(d, "digest", 2)
+            digests.append(
+                (_str(df[0], "digest network", lim.max_network_bytes), _int(df[1], "digest", 0, 2**64 - 1))
+            )
         sections = []
-        for s in _list(f[6], "sections"):
+        for s in _list(f[8], "sections"):
             sf = _list(s, "section", 2)
             sections.append((_str(sf[0], "section network", lim.max_network_bytes), _entries(sf[1], lim)))
         return BulkSync(
             sync_id=_int(f[0], "sync_id", 0, _MAX_ID),
-            is_reply=_bool(f[1], "is_reply"),
+            mode=sync_mode,
             part=_int(f[2], "part", 0, parts - 1),
             parts=parts,
             networks=tuple(_str(n, "network", lim.max_network_bytes) for n in _list(f[4], "networks")),
             attachments=_attachments(f[5], lim),
+            digests=tuple(digests),
+            want=tuple(_str(n, "want network", lim.max_network_bytes) for n in _list(f[7], "want")),
             sections=tuple(sections),
         )
     if kind is Kind.STATE_SYNC:

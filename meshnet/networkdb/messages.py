@@ -31,6 +31,7 @@ __all__ = [
     "TableEvents",
     "AttachmentEvents",
     "BulkSync",
+    "SyncMode",
     "StateSync",
     "PushPullState",
     "Request",
@@ -92,19 +93,39 @@ class AttachmentEvents:
     attachments: tuple[WireAttachment, ...]
 
 
+class SyncMode(IntEnum):
+    """The three messages of a bulk sync (append-only)."""
+
+    #: requester -> peer: attachments and one digest per network, no entries
+    REQUEST = 0
+    #: peer -> requester: attachments, entries of the networks whose digests differ, ``want`` = those networks
+    REPLY = 1
+    #: requester -> peer, only if ``want`` was not empty: the requester's entries of those networks
+    PUSH = 2
+
+
 @dataclass(frozen=True, slots=True)
 class BulkSync:
-    """Anti-entropy for some networks: their attachments and all their entries (tombstones and hidden
-    entries included). A request (``is_reply=False``) is answered by the peer's own ``BulkSync`` for the
-    networks both hold, with the same ``sync_id``. A large sync is split in ``parts`` messages; each part
-    merges on its own and the last one (``part == parts - 1``) triggers the reply or completes the sync."""
+    """Anti-entropy for some networks (libnetwork's BulkSyncMessage, made digest-first).
+
+    A ``REQUEST`` carries the requester's attachment records of ``networks`` and, per network, the XOR
+    digest of its entries (``table.TableStore.digest``). The peer merges the attachments and answers
+    with a ``REPLY`` (same ``sync_id``) for the networks both hold: its attachments, and its entries of
+    every network whose digest differs, listed in ``want``; the reply is the acknowledgement. If ``want``
+    is not empty the requester sends its own entries of those networks in a ``PUSH``. So two tables in
+    sync cost two small messages, and any difference is repaired in both directions. Entries include
+    tombstones (with remaining reap time) and hidden entries (flagged). A large message is split into
+    ``parts`` messages; each part merges on its own and only the last one (``part == parts - 1``)
+    triggers the next step."""
 
     sync_id: int
-    is_reply: bool
+    mode: SyncMode
     part: int
     parts: int
     networks: tuple[str, ...]
     attachments: tuple[WireAttachment, ...]
+    digests: tuple[tuple[str, int], ...]
+    want: tuple[str, ...]
     sections: tuple[tuple[str, tuple[WireEntry, ...]], ...]
 
 

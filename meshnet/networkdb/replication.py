@@ -14,9 +14,11 @@ what a remote record does to it; ``store.NetworkDB`` (the facade) adds the publi
 - relaying: an entry learned by gossip is re-queued (as a rebroadcast) once the network finished its
   join sync; one learned by bulk sync only while the queue is shorter than
   ``max_queue_len_broadcast_on_sync``; attachment records learned by broadcast are re-broadcast once;
-- anti-entropy: ``BulkSync`` requests are answered with the networks both sides hold; the answer's last
-  part completes the pending sync (see ``sync.py`` for purposes, retries and peer rotation); ``StateSync``
-  exchanges every attachment record with one random node per period and with the first nodes seen;
+- anti-entropy: a ``BulkSync`` request carries attachments and per-network digests; the peer answers for
+  the networks both hold with its attachments and the entries of every network whose digest differs,
+  and the requester pushes its own entries of those; the answer's last part completes the pending sync
+  (see ``sync.py`` for purposes, retries and peer rotation); ``StateSync`` exchanges every attachment
+  record with one random node per period and with the first nodes seen;
 - gossip: every ``gossip_interval`` each joined network's queue is drained in up to ``gossip_packets``
   datagram-sized batches to ``gossip_nodes`` random peers; the timer is armed only while some queue has
   a peer to go to, so an idle node has no gossip deadline.
@@ -60,6 +62,7 @@ from .messages import (
     Request,
     Response,
     StateSync,
+    SyncMode,
     TableEvents,
     WireAttachment,
     WireEntry,
@@ -384,13 +387,23 @@ class Replica:
                         self._enqueue(e, now, is_local=False)
         if body.part != body.parts - 1:
             return
-        if not body.is_reply:
+        if body.mode is SyncMode.REQUEST:
             common = tuple(n for n in body.networks if n in self._nets)
+            theirs = dict(body.digests)
+            want = tuple(n for n in common if theirs.get(n) != self._store.digest(n))
             for network in common:
-                self._nets[network].ever_synced = True
+                if network not in want:
+                    self._nets[network].ever_synced = True
             self._count("bulk_syncs_answered")
-            for payload in self._encode_bulk(body.sync_id, True, common, now):
+            if not want:
+                self._count("bulk_syncs_identical")
+            for payload in self._encode_bulk(body.sync_id, SyncMode.REPLY, common, now, want=want):
                 self._send(sender, payload, True)
+            return
+        if body.mode is SyncMode.PUSH:
+            for network in body.networks:
+                if network in self._nets:
+                    self._nets[network].ever_synced = True
             return
         pend = self._pending_syncs.get(body.sync_id)
         if pend is None or pend.peer != sender:
@@ -399,6 +412,10 @@ class Replica:
         del self._pending_syncs[body.sync_id]
         self._timers.cancel(("sync_timeout", body.sync_id))
         self._count("bulk_syncs_completed")
+        want = tuple(n for n in body.want if n in self._nets)
+        if want:
+            for payload in self._encode_bulk(body.sync_id, SyncMode.PUSH, want, now, want=want):
+                self._send(sender, payload, True)
         self._sync_done(pend, True, now)
 
     def _on_state_sync(self, sender: str, body: StateSync, now: float) -> None:
@@ -416,17 +433,30 @@ class Replica:
         return self._next_id
 
     def _encode_bulk(
-        self, sync_id: int, is_reply: bool, networks: tuple[str, ...], now: float
+        self,
+        sync_id: int,
+        mode: SyncMode,
+        networks: tuple[str, ...],
+        now: float,
+        *,
+        want: tuple[str, ...] = (),
     ) -> list[bytes]:
-        atts = [attachment_to_wire(a, now) for n in networks for a in self._atts.of_network(n)]
-        sections = [(n, [to_wire(e, now) for e in self._store.entries(n)]) for n in networks]
+        """A bulk-sync message: a request carries attachments and digests, a reply attachments and the
+        entries of ``want``, a push (``networks == want``) only the entries."""
+        atts = []
+        if mode is not SyncMode.PUSH:
+            atts = [attachment_to_wire(a, now) for n in networks for a in self._atts.of_network(n)]
+        digests = [(n, self._store.digest(n)) for n in networks] if mode is SyncMode.REQUEST else []
+        sections = [(n, [to_wire(e, now) for e in self._store.entries(n)]) for n in want]
         return codec.encode_bulk_sync(
             self.name,
             self._cluster_id,
             sync_id=sync_id,
-            is_reply=is_reply,
+            mode=mode,
             networks=networks,
             attachments=atts,
+            digests=digests,
+            want=want,
             sections=sections,
             max_bytes=self.config.max_message_bytes,
         )
@@ -438,7 +468,7 @@ class Replica:
         self._pending_syncs[sync_id] = PendingSync(sync_id, peer, networks, purpose, attempt)
         self._timers.set(("sync_timeout", sync_id), now + self.config.bulk_sync_timeout)
         self._count("bulk_syncs_started")
-        for payload in self._encode_bulk(sync_id, False, networks, now):
+        for payload in self._encode_bulk(sync_id, SyncMode.REQUEST, networks, now):
             self._send(peer, payload, True)
 
     def _sync_in_flight(self, network: str) -> bool:

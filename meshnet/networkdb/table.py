@@ -14,16 +14,33 @@ Reaping is the one place a record disappears without being merged away: a tombst
 attachment record or corrected by the owner itself (see ``store.py``, "owner authority").
 
 ``TableStore`` is a plain index over entries: by slot, by network/table (walks in sorted order) and by
-owner (hide/reveal/remove a node's entries without a scan). It makes no merge decisions.
+owner (hide/reveal/remove a node's entries without a scan). It makes no merge decisions. It also keeps,
+per network, the XOR of a 64-bit BLAKE2b hash of every stored record's merge-relevant fields (slot,
+precedence; not the local reap instant or hidden flag), updated in O(1) per change: two nodes holding
+the same records of a network have the same ``digest``, which lets a bulk sync skip identical tables.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from hashlib import blake2b
 
 from .entry import Entry, Slot
 
-__all__ = ["merge", "compare", "merge_tables", "TableStore"]
+__all__ = ["merge", "compare", "merge_tables", "entry_hash", "TableStore"]
+
+
+def entry_hash(e: Entry) -> int:
+    """A 64-bit hash of an entry's slot and precedence (what two replicas must agree on)."""
+    h = blake2b(digest_size=8)
+    for s in (e.table, e.key, e.owner):
+        b = s.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(4, "big"))
+        h.update(b)
+    h.update(e.ltime.to_bytes(8, "big"))
+    h.update(b"\x01" if e.deleted else b"\x00")
+    h.update(e.value)
+    return int.from_bytes(h.digest(), "big")
 
 
 def compare(a: Entry, b: Entry) -> int:
@@ -69,7 +86,7 @@ def merge_tables(x: Mapping[Slot, Entry], y: Mapping[Slot, Entry]) -> dict[Slot,
 class TableStore:
     """Entries indexed by slot, by network and table, and by owner."""
 
-    __slots__ = ("_nets", "_owners", "_live")
+    __slots__ = ("_nets", "_owners", "_live", "_digests")
 
     def __init__(self) -> None:
         #: network -> table -> key -> Entry
@@ -78,6 +95,8 @@ class TableStore:
         self._owners: dict[str, set[Slot]] = {}
         #: (network, table) -> live entries
         self._live: dict[tuple[str, str], int] = {}
+        #: network -> XOR of entry_hash over its entries
+        self._digests: dict[str, int] = {}
 
     def __len__(self) -> int:
         return sum(len(t) for tables in self._nets.values() for t in tables.values())
@@ -97,6 +116,8 @@ class TableStore:
         prev = keys.get(key)
         keys[key] = entry
         if prev is not None:
+            if prev.precedence == entry.precedence:
+                return prev  # only local fields (reap instant, hidden) changed: indexes stay
             self._unindex(prev)
         self._index(entry)
         return prev
@@ -117,6 +138,10 @@ class TableStore:
         if not tables:
             del self._nets[network]
         return prev
+
+    def digest(self, network: str) -> int:
+        """The XOR of ``entry_hash`` over the network's entries (0 when it has none)."""
+        return self._digests.get(network, 0)
 
     def live_count(self, network: str, table: str) -> int:
         return self._live.get((network, table), 0)
@@ -158,12 +183,18 @@ class TableStore:
         return removed
 
     def _index(self, entry: Entry) -> None:
+        self._digests[entry.network] = self._digests.get(entry.network, 0) ^ entry_hash(entry)
         self._owners.setdefault(entry.owner, set()).add(entry.slot)
         if not entry.deleted:
             k = (entry.network, entry.table)
             self._live[k] = self._live.get(k, 0) + 1
 
     def _unindex(self, entry: Entry) -> None:
+        d = self._digests.get(entry.network, 0) ^ entry_hash(entry)
+        if d:
+            self._digests[entry.network] = d
+        else:
+            self._digests.pop(entry.network, None)
         slots = self._owners.get(entry.owner)
         if slots is not None:
             slots.discard(entry.slot)

@@ -82,6 +82,8 @@ class Cluster:
         self.believes_failed: dict[str, set[str]] = {}
         self.delivered = 0
         self.dropped = 0
+        #: drop every broadcast (attachment events) instead of delivering it
+        self.drop_broadcasts = False
         for i, name in enumerate(names):
             addr = (f"10.0.{i // 250}.{i % 250 + 1}", 7946)
             self.slots[name] = _NodeSlot(name, addr, None)
@@ -148,6 +150,9 @@ class Cluster:
         if db is None:
             return
         for payload in db.broadcasts_to_send():
+            if self.drop_broadcasts:
+                self.dropped += 1
+                continue
             for other in self.names:
                 if other != name and self.can_talk(name, other):
                     self._schedule(other, name, payload, reliable=True)
@@ -209,7 +214,9 @@ class Cluster:
 
     def call(self, name: str, method: str, *args: object, **kwargs: object) -> object:
         """Invoke a NetworkDB method on ``name`` at the current time, then collect its outputs."""
-        result = getattr(self.db(name), method)(*args, now=self.now, **kwargs)
+        if method not in ("watch", "unwatch"):
+            kwargs["now"] = self.now
+        result = getattr(self.db(name), method)(*args, **kwargs)
         self.pump(name)
         return result
 

@@ -40,11 +40,13 @@ def test_local_writes_go_before_rebroadcasts():
     assert keys(batch)[0] == "mine" and not large
 
 
-def test_fewest_transmits_then_newest_first():
+def test_fewest_transmits_first_newest_first_among_fresh():
     q = NetworkQueue(max_len=10)
     q.enqueue("old", (1, "a"), raw(), is_local=False)
     q.enqueue("new", (2, "a"), raw(), is_local=False)
     assert keys(q.take(10, limit=5)[0]) == ["new"]
+    assert keys(q.take(10, limit=5)[0]) == ["old"]
+    # both sent once now: the one that reached that count last goes first
     assert keys(q.take(10, limit=5)[0]) == ["old"]
     assert keys(q.take(10, limit=5)[0]) == ["new"]
 

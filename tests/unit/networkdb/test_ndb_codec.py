@@ -16,6 +16,7 @@ from meshnet.networkdb.messages import (
     Request,
     Response,
     StateSync,
+    SyncMode,
     TableEvents,
     WireAttachment,
     WireEntry,
@@ -28,7 +29,17 @@ BODIES = [
     TableEvents("net", (W, WireEntry("t", "k2", b"", "b", 9, hidden=True))),
     AttachmentEvents((A,)),
     PushPullState((A, WireAttachment("b", "", 1))),
-    BulkSync(7, True, 0, 1, ("net", ""), (A,), (("net", (W,)), ("", ()))),
+    BulkSync(
+        7,
+        SyncMode.REPLY,
+        0,
+        1,
+        ("net", ""),
+        (A,),
+        (("net", 2**64 - 1), ("", 0)),
+        ("net",),
+        (("net", (W,)), ("", ())),
+    ),
     StateSync(8, False, 0, 1, (A,)),
     Request(2**40, b"ask"),
     Response(0, b""),
@@ -70,9 +81,10 @@ def test_bulk_sync_split_in_parts_carries_everything():
         "s",
         "c",
         sync_id=5,
-        is_reply=False,
+        mode=SyncMode.PUSH,
         networks=["net", "e"],
         attachments=atts,
+        want=["net", "e"],
         sections=[("e", []), ("net", entries)],
         max_bytes=64 * 1024,
     )
@@ -80,21 +92,23 @@ def test_bulk_sync_split_in_parts_carries_everything():
     assert all(len(p) <= 64 * 1024 for p in parts)
     decoded = [codec.decode(p, codec.Limits(max_message_bytes=64 * 1024)).body for p in parts]
     assert [d.part for d in decoded] == [0, 1, 2] and {d.parts for d in decoded} == {3}
-    assert all(d.networks == ("net", "e") and d.sync_id == 5 for d in decoded)
+    assert all(d.networks == ("net", "e") and d.want == ("net", "e") and d.sync_id == 5 for d in decoded)
     assert [a for d in decoded for a in d.attachments] == atts
     assert [w for d in decoded for net, ws in d.sections if net == "net" for w in ws] == entries
     assert ("e", ()) in decoded[0].sections
 
 
 def test_single_part_bulk_sync_equals_plain_encoding():
-    body = BulkSync(7, True, 0, 1, ("net",), (A,), (("net", (W,)),))
+    body = BulkSync(7, SyncMode.REQUEST, 0, 1, ("net",), (A,), (("net", 12345),), ("net",), (("net", (W,)),))
     raw = codec.encode_bulk_sync(
         "s",
         "c",
         sync_id=7,
-        is_reply=True,
+        mode=SyncMode.REQUEST,
         networks=["net"],
         attachments=[A],
+        digests=[("net", 12345)],
+        want=["net"],
         sections=[("net", [W])],
         max_bytes=1 << 20,
     )
@@ -131,7 +145,9 @@ def _env_bytes(*fields):
         (_env_bytes(1, 1, "a", "", ["n", [["t", "", b"", "a", 1, 0, 0]]]), "key"),
         (_env_bytes(1, 1, "a", "", ["n", [["t", "k" * 513, b"", "a", 1, 0, 0]]]), "key"),
         (_env_bytes(1, 2, "a", "", [[["a", "n", 1, "yes", 0, 0]]]), "leaving"),
-        (_env_bytes(1, 3, "a", "", [1, False, 1, 1, [], [], []]), "part"),
+        (_env_bytes(1, 3, "a", "", [1, 0, 1, 1, [], [], [], [], []]), "part"),
+        (_env_bytes(1, 3, "a", "", [1, 9, 0, 1, [], [], [], [], []]), "mode"),
+        (_env_bytes(1, 3, "a", "", [1, 0, 0, 1, [], [], [["n", -1]], [], []]), "digest"),
         (_env_bytes(1, 5, "a", "", [True, b""]), "request_id"),
         (_env_bytes(1, 1, "a", "x" * 65, ["n", []]), "cluster_id"),
         (_env_bytes(1, 1, "a", "", {"n": 1}), "TableEvents"),

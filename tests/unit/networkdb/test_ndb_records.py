@@ -8,7 +8,7 @@ from meshnet.core.errors import ConfigError, LocalProtocolError
 from meshnet.networkdb import config as cfgmod
 from meshnet.networkdb.entry import Attachment, Entry, Version
 from meshnet.networkdb.lamport import MAX_LTIME, LamportClock
-from meshnet.networkdb.table import TableStore, compare, merge, merge_tables
+from meshnet.networkdb.table import TableStore, compare, entry_hash, merge, merge_tables
 
 
 def e(
@@ -100,6 +100,30 @@ class TestTableStore:
         ]
         assert [x.key for x in s.drop_network("a")] == ["q", "y", "z"]
         assert s.networks() == ["b"] and s.live_count("a", "t") == 0 and s.slots_of("a", "a") == []
+
+
+class TestDigest:
+    def test_digest_tracks_content_not_history(self):
+        a, b = TableStore(), TableStore()
+        a.put(e("k1", ltime=1))
+        a.put(e("k2", ltime=2))
+        a.put(e("k1", ltime=3, value=b"x"))
+        b.put(e("k2", ltime=2))
+        b.put(e("k1", ltime=3, value=b"x"))
+        assert a.digest("n") == b.digest("n") != 0
+        b.put(e("k1", ltime=3, value=b"x", hidden=True, reap_at=5.0))
+        assert a.digest("n") == b.digest("n")
+        b.put(e("k1", ltime=4, deleted=True))
+        assert a.digest("n") != b.digest("n")
+        b.remove(("n", "t", "k1"))
+        b.remove(("n", "t", "k2"))
+        assert b.digest("n") == 0 and a.digest("other") == 0
+
+    def test_entry_hash_distinguishes_fields(self):
+        base = e()
+        variants = [e(key="k2"), e(value=b"w"), e(owner="b"), e(ltime=2), e(deleted=True), e(table="u")]
+        assert len({entry_hash(x) for x in [base, *variants]}) == 7
+        assert entry_hash(e(reap_at=3.0, hidden=True)) == entry_hash(base)
 
 
 class TestLamport:
