@@ -54,6 +54,9 @@ DATAGRAM_QUEUE_LIMIT = 4096
 #: Concurrent inbound TCP exchanges; beyond this new connections are closed at once and counted.
 MAX_INBOUND_STREAMS = 512
 _RECEIVE_CHUNK = 1 << 20
+#: Below this a partial TCP frame is re-measured after every chunk (see ``Node._read_frame``).
+_EAGER_CHECK_BYTES = 256 * 1024
+_QUIET_CHECK_DELAY = 0.005
 
 
 class FrameTooLarge(Exception):
@@ -337,16 +340,39 @@ class Node:
         """One stream frame, as ``stream_frame_length`` delimits it; at EOF whatever came (None if nothing).
 
         Raises DecodeError (garbage), FrameTooLarge, or the stream's own errors.
+
+        ``stream_frame_length`` walks a plaintext push-pull state by state, so asking after every
+        chunk of a large frame costs O(n^2). Small buffers are checked after every chunk; above
+        ``_EAGER_CHECK_BYTES`` only after 25% growth, or as soon as the peer pauses (it may be
+        waiting for our answer to a complete frame). A cancelled ``receive_some`` loses no data.
         """
         buf = bytearray()
+        checked = 0
         while True:
-            chunk = await stream.receive_some(_RECEIVE_CHUNK)
+            if checked < len(buf) and len(buf) >= _EAGER_CHECK_BYTES and len(buf) < checked * 5 // 4:
+                with trio.move_on_after(_QUIET_CHECK_DELAY) as quiet:
+                    chunk = await stream.receive_some(_RECEIVE_CHUNK)
+                if quiet.cancelled_caught:
+                    chunk = b""
+                    checked = len(buf)
+                    length = self.swim.stream_frame_length(bytes(buf))
+                    if length is not None:
+                        return bytes(buf[:length])
+                    continue
+            else:
+                chunk = await stream.receive_some(_RECEIVE_CHUNK)
             if not chunk:
+                if buf and checked < len(buf):
+                    length = self.swim.stream_frame_length(bytes(buf))
+                    if length is not None:
+                        return bytes(buf[:length])
                 return bytes(buf) if buf else None
             buf += chunk
-            length = self.swim.stream_frame_length(bytes(buf))
-            if length is not None:
-                return bytes(buf[:length])
+            if len(buf) < _EAGER_CHECK_BYTES or len(buf) >= checked * 5 // 4:
+                checked = len(buf)
+                length = self.swim.stream_frame_length(bytes(buf))
+                if length is not None:
+                    return bytes(buf[:length])
             if len(buf) > MAX_STREAM_FRAME_BYTES:
                 raise FrameTooLarge(len(buf))
 

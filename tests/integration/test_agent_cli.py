@@ -92,15 +92,15 @@ class Agents:
         )
 
     def stop_all(self) -> None:
-        for agent in self.started:
+        # One at a time, newest first: agents that leave together wait out their leave timeout.
+        for agent in reversed(self.started):
             if agent.proc.poll() is None:
                 agent.proc.send_signal(signal.SIGTERM)
-        for agent in self.started:
-            try:
-                agent.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                agent.proc.kill()
-                agent.proc.wait()
+                try:
+                    agent.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    agent.proc.kill()
+                    agent.proc.wait()
 
 
 @pytest.fixture
@@ -256,3 +256,21 @@ def test_config_file_settings_and_flags_win(agents: Agents, tmp_path: Path):
     assert list(members) == ["from-flag"]
     assert members["from-flag"]["tags"] == {"role": "r-from-flag", "dc": "lab"}
     assert os.path.exists(a.api)
+
+
+def test_agents_with_a_shared_keyring_join_and_sigint_is_graceful(agents: Agents, tmp_path: Path):
+    import base64
+
+    keyring = tmp_path / "keyring.json"
+    keyring.write_text(json.dumps([base64.b64encode(bytes(range(32))).decode()]))
+    a = agents.start("key-a", "127.0.0.60", extra=["--keyring", str(keyring)])
+    b = agents.start("key-b", "127.0.0.70", join=[a.addr()], extra=["--keyring", str(keyring)])
+    wait_until(
+        lambda: a.members().get("key-b", {}).get("state") == "alive",
+        15,
+        "key-b alive at key-a",
+        agents.describe,
+    )
+    b.proc.send_signal(signal.SIGINT)
+    assert b.proc.wait(timeout=15) == 0
+    wait_until(lambda: a.members().get("key-b", {}).get("state") == "left", 15, "key-b left", agents.describe)

@@ -74,6 +74,7 @@ class FakeSwim:
     replies: dict[int, bytes] = field(default_factory=dict)
     failed: list[int] = field(default_factory=list)
     ticks: int = 0
+    frame_length_calls: int = 0
     joins: list[list[tuple[str, int]]] = field(default_factory=list)
     left: bool = False
     _next_stream: int = 0
@@ -99,6 +100,7 @@ class FakeSwim:
             self.datagrams.append((src, b"pong"))
 
     def stream_frame_length(self, buf: bytes) -> int | None:
+        self.frame_length_calls += 1
         if buf[:1] == b"\xff":
             raise DecodeError("garbage stream")
         if len(buf) < 4:
@@ -110,7 +112,7 @@ class FakeSwim:
         self.stream_inputs.append((src, data))
         if data[4:] == b"boom":
             raise RuntimeError("fake core bug")
-        return frame(b"ECHO") if data[4:] == b"echo" else None
+        return frame(b"ECHO") if data[4:].startswith(b"echo") else None
 
     def receive_stream_reply(self, stream_id: int, data: bytes, *, now: float) -> None:
         self.replies[stream_id] = data

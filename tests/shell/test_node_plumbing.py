@@ -96,6 +96,29 @@ async def test_inbound_tcp_garbage_eof_and_oversize_are_counted(monkeypatch):
         assert await tcp_exchange(node.bound_addr, frame(b"echo")) == frame(b"ECHO")
 
 
+async def test_large_frames_are_measured_sparingly_and_answered_without_eof():
+    node = make_node(tcp_timeout=5.0)
+    async with running(node):
+        big = frame(b"echo" + b"x" * (3 << 20))
+        with trio.fail_after(5):
+            stream = await trio.open_tcp_stream(*node.bound_addr)
+            # No send_eof: like a push-pull peer, we wait for the answer with the stream open.
+            async with stream, trio.open_nursery() as nursery:
+                nursery.start_soon(stream.send_all, big)
+                assert await stream.receive_some(100) == frame(b"ECHO")
+        assert node.swim.stream_inputs[-1][1] == big
+        assert node.swim.frame_length_calls < 80  # not once per 64 KiB chunk (~50+), let alone per byte
+        # A mid-size frame that stops just above the eager threshold is still answered promptly.
+        calls = node.swim.frame_length_calls
+        mid = frame(b"echo" + b"y" * (300 * 1024))
+        with trio.fail_after(2):
+            stream = await trio.open_tcp_stream(*node.bound_addr)
+            async with stream:
+                await stream.send_all(mid)
+                assert await stream.receive_some(100) == frame(b"ECHO")
+        assert node.swim.frame_length_calls - calls < 40
+
+
 async def test_inbound_tcp_slow_client_is_cut_at_tcp_timeout():
     node = make_node(tcp_timeout=0.3)
     async with running(node):
