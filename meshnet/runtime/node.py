@@ -37,6 +37,7 @@ from meshnet.core.errors import ConfigError, DecodeError
 from meshnet.gossip import events as ev
 from meshnet.gossip.config import GossipConfig
 from meshnet.gossip.swim import Swim
+from meshnet.runtime import api
 
 __all__ = ["Addr", "Node", "run_node", "MAX_STREAM_FRAME_BYTES"]
 
@@ -176,8 +177,6 @@ class Node:
         Raises ConfigError (message names the fix) if the gossip address or the API path cannot be bound;
         nothing is started then.
         """
-        from meshnet.runtime import api  # api imports Node for typing only; avoid the cycle at import
-
         udp, tcp = await _bind_udp_and_tcp(self.bind)
         api_sock = None
         try:
@@ -238,7 +237,9 @@ class Node:
             return False
         if not self.is_leaving:
             self.is_leaving = True
-            log.info("leaving the cluster (waiting up to %.1fs for the broadcast)", self.config.leave_timeout)
+            log.info(
+                "leaving the cluster (waiting up to %.1fs for the broadcast)", 2 * self.config.leave_timeout
+            )
             self._feed(lambda now: self.swim.leave(now=now))
         # The core bounds each of its two leave steps (serf intent, then dead) by leave_timeout; the
         # extra second covers a core that never says so.
