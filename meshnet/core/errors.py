@@ -8,6 +8,9 @@ message that names the fix.
 
 from __future__ import annotations
 
+import errno as _errno
+import os as _os
+
 __all__ = [
     "MeshnetError",
     "ConfigError",
@@ -15,6 +18,7 @@ __all__ = [
     "LocalProtocolError",
     "RemoteProtocolError",
     "DecodeError",
+    "DataplaneError",
     "ApiError",
 ]
 
@@ -46,6 +50,32 @@ class RemoteProtocolError(ProtocolError):
 
 class DecodeError(RemoteProtocolError, ValueError):
     """Bytes from the wire could not be decoded."""
+
+
+class DataplaneError(MeshnetError):
+    """The kernel (or ``MemoryDataplane``, which answers as the kernel would) refused a dataplane op.
+
+    ``op`` is the refused op (a ``meshnet.dataplane.ops`` value, or None when no single op is to blame),
+    ``errno`` the kernel's error number, ``index`` the op's position in the plan when known. Classify with
+    ``is_not_found()``/``is_exists()`` rather than comparing numbers. After a failed ``apply`` re-observe and
+    re-plan; never retry the same plan blindly.
+    """
+
+    def __init__(self, op: object, errno: int, message: str = "", *, index: int | None = None) -> None:
+        self.op = op
+        self.errno = errno
+        self.index = index
+        self.message = message or _os.strerror(errno)
+        where = f" (plan op {index})" if index is not None else ""
+        super().__init__(f"{op!r}{where}: [errno {errno}] {self.message}")
+
+    def is_not_found(self) -> bool:
+        """The object (namespace, device, entry) the op needs does not exist."""
+        return self.errno in (_errno.ENOENT, _errno.ENODEV, _errno.ESRCH, _errno.ENXIO)
+
+    def is_exists(self) -> bool:
+        """The object exists already, or clashes with one that does (the kernel's EEXIST)."""
+        return self.errno == _errno.EEXIST
 
 
 class ApiError(MeshnetError):

@@ -1,0 +1,78 @@
+"""The dataplane port: the only code in meshnet that changes kernel state (DESIGN.md "Dataplane").
+
+Reconcilers build plans from ``ops`` and compare against ``api.Snapshot``; ``MemoryDataplane`` (pure,
+validating, all-or-nothing) and ``netlink.NetlinkDataplane`` (the kernel; import it from
+``meshnet.dataplane.netlink``, which pulls in pyroute2) both implement ``api.Dataplane``.
+"""
+
+from .api import (
+    LOOPBACK,
+    UNKNOWN_NETNS,
+    Address,
+    ApplyResult,
+    Dataplane,
+    FdbEntry,
+    Link,
+    NamespaceState,
+    Neighbour,
+    Snapshot,
+    plan_namespaces,
+    render,
+)
+from .memory import MemoryDataplane
+from .ops import (
+    VXLAN_PORT,
+    AddAddress,
+    AddBridge,
+    AddFdbEntry,
+    AddNeighbour,
+    AddNetns,
+    AddVeth,
+    AddVxlan,
+    DelAddress,
+    DelFdbEntry,
+    DelLink,
+    DelNeighbour,
+    DelNetns,
+    Op,
+    Plan,
+    SetLinkDown,
+    SetLinkMaster,
+    SetLinkMtu,
+    SetLinkUp,
+)
+
+__all__ = [
+    "Dataplane",
+    "MemoryDataplane",
+    "Snapshot",
+    "NamespaceState",
+    "Link",
+    "Address",
+    "FdbEntry",
+    "Neighbour",
+    "ApplyResult",
+    "UNKNOWN_NETNS",
+    "LOOPBACK",
+    "plan_namespaces",
+    "render",
+    "Op",
+    "Plan",
+    "VXLAN_PORT",
+    "AddNetns",
+    "DelNetns",
+    "AddBridge",
+    "AddVxlan",
+    "AddVeth",
+    "DelLink",
+    "SetLinkUp",
+    "SetLinkDown",
+    "SetLinkMaster",
+    "SetLinkMtu",
+    "AddAddress",
+    "DelAddress",
+    "AddFdbEntry",
+    "DelFdbEntry",
+    "AddNeighbour",
+    "DelNeighbour",
+]
