@@ -21,7 +21,11 @@ tests/conformance.
   elsewhere whose underlay it was.
 - A bridge's MTU follows its ports (the smallest; 1500 with none) each time a port joins, leaves or
   changes MTU, until its MTU is set explicitly to a different value (``AddBridge(mtu=...)``,
-  ``SetLinkMtu``); from then on it stays.
+  ``SetLinkMtu``); from then on it stays. Likewise its MAC follows the smallest port MAC (all zeros
+  with no ports) unless a MAC was given (``AddBridge(mac=...)``). Give bridges a MAC.
+- A link whose MAC changes (set by an op, or a bridge following its ports) loses its neighbour
+  entries, as the kernel flushes them on NETDEV_CHANGEADDR; setting the MAC it already has changes
+  nothing (``NetlinkDataplane`` does not send it).
 - Masters: a master must be a bridge (EOPNOTSUPP otherwise); a bridge or ``lo`` cannot be a port (EINVAL).
 - VXLAN: one VNI per (underlay, port, address family): a second device with the same triple is EEXIST,
   whichever namespaces the two live in. FDB entries only on VXLAN devices (EOPNOTSUPP), with a
@@ -131,6 +135,7 @@ class _Ns:
 
     links: dict[str, Link]
     pinned_mtu: set[str]  # bridges whose MTU was set explicitly (the kernel's BROPT_MTU_SET_BY_USER)
+    pinned_mac: set[str]  # bridges whose MAC was given (the kernel's NET_ADDR_SET)
     addresses: dict[str, dict[str, Address]]  # dev -> cidr -> address
     fdb: dict[str, dict[str, FdbEntry]]  # dev -> mac -> entry
     neighbours: dict[str, dict[str, Neighbour]]  # dev -> ip -> entry
@@ -141,7 +146,7 @@ class _Ns:
 
     @classmethod
     def load(cls, state: NamespaceState) -> _Ns:
-        ns = cls({link.name: link for link in state.links}, set(), {}, {}, {})
+        ns = cls({link.name: link for link in state.links}, set(), set(), {}, {}, {})
         for a in state.addresses:
             ns.addresses.setdefault(a.dev, {})[a.cidr] = a
         for e in state.fdb:
@@ -154,6 +159,7 @@ class _Ns:
         return _Ns(
             dict(self.links),
             set(self.pinned_mtu),
+            set(self.pinned_mac),
             {dev: dict(v) for dev, v in self.addresses.items()},
             {dev: dict(v) for dev, v in self.fdb.items()},
             {dev: dict(v) for dev, v in self.neighbours.items()},
@@ -356,6 +362,7 @@ class MemoryDataplane:
         if link is None:
             return
         ns.pinned_mtu.discard(name)
+        ns.pinned_mac.discard(name)
         ns.addresses.pop(name, None)
         ns.fdb.pop(name, None)
         ns.neighbours.pop(name, None)
@@ -371,12 +378,20 @@ class MemoryDataplane:
 
     @staticmethod
     def _follow_ports(ns: _Ns, bridge: str) -> None:
-        """The kernel's bridge MTU auto-adjust, run when a port joins, leaves or changes MTU."""
+        """The kernel's bridge MTU auto-adjust and bridge-id recalculation, run when a port joins,
+        leaves or changes MTU or MAC."""
         link = ns.links.get(bridge)
-        if link is None or bridge in ns.pinned_mtu:
+        if link is None:
             return
-        ports = [p.mtu for p in ns.links.values() if p.master == bridge]
-        ns.links[bridge] = replace(link, mtu=min(ports) if ports else 1500)
+        ports = [p for p in ns.links.values() if p.master == bridge]
+        if bridge not in ns.pinned_mtu:
+            link = replace(link, mtu=min(p.mtu for p in ports) if ports else 1500)
+        if bridge not in ns.pinned_mac:
+            mac = min(p.mac for p in ports) if ports else "00:00:00:00:00:00"
+            if mac != link.mac:
+                link = replace(link, mac=mac)
+                ns.neighbours.pop(bridge, None)
+        ns.links[bridge] = link
 
     def _set_mtu(self, ns: _Ns, name: str, mtu: int) -> None:
         """``dev_set_mtu``: no-op when equal; pins a bridge; lets the master follow its ports."""
@@ -390,8 +405,16 @@ class MemoryDataplane:
             self._follow_ports(ns, link.master)
 
     def _set_mac(self, ns: _Ns, name: str, mac: str | None) -> None:
-        if mac is not None:
-            ns.links[name] = replace(ns.links[name], mac=mac)
+        """``dev_set_mac_address``: a real change flushes the link's neighbours and pins a bridge."""
+        link = ns.links[name]
+        if mac is None or mac == link.mac:
+            return
+        ns.links[name] = replace(link, mac=mac)
+        ns.neighbours.pop(name, None)
+        if link.kind == "bridge":
+            ns.pinned_mac.add(name)
+        if link.master is not None:
+            self._follow_ports(ns, link.master)
 
     def _add_bridge(self, txn: _Txn, op: AddBridge) -> None:
         ns = txn.write(op.netns)
@@ -400,6 +423,8 @@ class MemoryDataplane:
             if existing is not None:
                 self._delete_link(txn, op.netns, op.name)
             self._create(txn, op.netns, Link(name=op.name, kind="bridge", mtu=1500, mac=op.mac or ""))
+            if op.mac is not None:
+                ns.pinned_mac.add(op.name)
         self._set_mac(ns, op.name, op.mac)
         if op.mtu is not None:
             self._set_mtu(ns, op.name, op.mtu)

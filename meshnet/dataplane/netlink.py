@@ -417,7 +417,7 @@ class NetlinkDataplane:
                     continue  # deleting from a missing device: nothing to delete
                 index = dev[0]
                 if isinstance(op, AddFdbEntry):
-                    state = nlwire.NUD_PERMANENT if op.permanent else nlwire.NUD_NOARP
+                    state = nlwire.FDB_PERMANENT if op.permanent else nlwire.FDB_STATIC
                     messages.append(
                         nlwire.pack_fdb(first + k, index, op.mac, op.dst, op.vni, state, add=True)
                     )
@@ -507,6 +507,16 @@ class NetlinkDataplane:
         s.sock(netns).request(nlwire.link_message(nlwire.RTM_NEWLINK, 0, index=index, up=up, attrs=attrs))
         s.changed(netns)
 
+    def _update(self, s: _Session, netns: str, link: Link, mac: str | None, mtu: int | None) -> None:
+        """Set MAC and MTU where they differ (setting even the same MAC flushes neighbours)."""
+        changes = [
+            (k, v)
+            for k, v, now in (("IFLA_ADDRESS", mac, link.mac), ("IFLA_MTU", mtu, link.mtu))
+            if v is not None and v != now
+        ]
+        if changes:
+            self._set(s, netns, link.name, attrs=changes)
+
     def _add_bridge(self, s: _Session, op: AddBridge) -> None:
         existing = s.links(op.netns).get(op.name)
         if existing is None or existing[1].kind != "bridge":
@@ -519,7 +529,7 @@ class NetlinkDataplane:
                 attrs.append(("IFLA_ADDRESS", op.mac))
             s.sock(op.netns).request(nlwire.link_message(nlwire.RTM_NEWLINK, _CREATE, attrs=attrs))
             s.changed(op.netns)
-        elif op.mac is not None:
+        elif op.mac is not None and op.mac != existing[1].mac:
             self._set(s, op.netns, op.name, attrs=[("IFLA_ADDRESS", op.mac)])
         if op.mtu is not None:  # a separate request, so the bridge keeps it (ops.AddBridge)
             self._set(s, op.netns, op.name, attrs=[("IFLA_MTU", op.mtu)])
@@ -527,9 +537,7 @@ class NetlinkDataplane:
     def _add_vxlan(self, s: _Session, op: AddVxlan) -> None:
         existing = s.links(op.netns).get(op.name)
         if existing is not None and vxlan_matches(existing[1], op):
-            changes = [(k, v) for k, v in (("IFLA_ADDRESS", op.mac), ("IFLA_MTU", op.mtu)) if v is not None]
-            if changes:
-                self._set(s, op.netns, op.name, attrs=changes)
+            self._update(s, op.netns, existing[1], op.mac, op.mtu)
             return
         self._delete(s, op.netns, op.name)
         data: list = [
@@ -561,11 +569,9 @@ class NetlinkDataplane:
     def _add_veth(self, s: _Session, op: AddVeth) -> None:
         mine = s.links(op.netns).get(op.name)
         theirs = s.links(op.peer_netns).get(op.peer_name)
-        if veth_paired(mine and mine[1], theirs and theirs[1], op):
-            for netns, name, mac in ((op.netns, op.name, op.mac), (op.peer_netns, op.peer_name, op.peer_mac)):
-                changes = [(k, v) for k, v in (("IFLA_ADDRESS", mac), ("IFLA_MTU", op.mtu)) if v is not None]
-                if changes:
-                    self._set(s, netns, name, attrs=changes)
+        if mine is not None and theirs is not None and veth_paired(mine[1], theirs[1], op):
+            self._update(s, op.netns, mine[1], op.mac, op.mtu)
+            self._update(s, op.peer_netns, theirs[1], op.peer_mac, op.mtu)
             return
         self._delete(s, op.netns, op.name)
         self._delete(s, op.peer_netns, op.peer_name)
