@@ -125,9 +125,11 @@ class Neighbour:
     permanent: bool = True
 
 
-def _ip_key(text: str) -> tuple[int, int]:
-    ip = ipaddress.ip_address(text)
-    return (ip.version, int(ip))
+def _ip_key(text: str) -> tuple[int, object]:
+    """Numeric sort key of a canonical address (IPv4 without ``ipaddress``: observe sorts thousands)."""
+    if ":" in text:
+        return (6, int(ipaddress.IPv6Address(text)))
+    return (4, tuple(map(int, text.split("."))))
 
 
 def _cidr_key(address: Address) -> tuple[str, int, int, int]:

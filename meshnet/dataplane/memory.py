@@ -175,7 +175,8 @@ class _Ns:
 
 
 def _family(ip: str | None) -> int:
-    return 4 if ip is None else ipaddress.ip_address(ip).version
+    """4 or 6 for a canonical address (ops canonicalise them), 4 for None."""
+    return 6 if ip is not None and ":" in ip else 4
 
 
 class _Txn:

@@ -130,14 +130,26 @@ def _check_mac(op: object, name: str, *, optional: bool = False, link: bool = Fa
     _field(op, name, mac)
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
 def _check_ip(op: object, name: str, *, optional: bool = False) -> None:
     value = getattr(op, name)
     if value is None and optional:
         return
+    if isinstance(value, str) and _IPV4.fullmatch(value):
+        return  # canonical IPv4 already; the fast path for the bulk ops a reconciler builds
     try:
         _field(op, name, str(ipaddress.ip_address(value)))
     except ValueError:
         raise _bad(op, name, value, "must be an IPv4 or IPv6 address") from None
+
+
+def _is_multicast(ip: str) -> bool:
+    if ":" in ip:
+        return ipaddress.IPv6Address(ip).is_multicast
+    return 224 <= int(ip.split(".", 1)[0]) <= 239
 
 
 def _check_int(op: object, name: str, low: int, high: int, *, optional: bool = False) -> None:
@@ -442,7 +454,7 @@ class AddNeighbour:
         _check_netns(self, "netns", self.netns)
         _check_ifname(self, "dev", self.dev)
         _check_ip(self, "ip")
-        if ipaddress.ip_address(self.ip).is_multicast:
+        if _is_multicast(self.ip):
             raise _bad(self, "ip", self.ip, "multicast neighbours are the kernel's own")
         _check_mac(self, "mac")
 
