@@ -12,8 +12,9 @@ Safety (``sim.checks.SafetyMonitor``, after every step):
   ``awareness_max_multiplier * probe_interval + suspicion_max(N) + 2 s``. A node on the far side of a
   partition is not reachable, and a suspicion started during a fault may end after the heal.
 
-Liveness (``heal_and_settle``): heal every partition, turn loss off, then run ``settle_bound(N)``
-seconds; every running node must see exactly the running set as alive (read from ``members()``).
+Liveness (``heal_and_settle``): heal every partition, turn loss off, restart the crashed nodes, then
+run ``settle_bound(N)`` seconds; every running node must see exactly the running set as alive (read
+from ``members()``, state ``alive``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import math
 import os
 
 import pytest
-from hypothesis import HealthCheck, note, settings
+from hypothesis import HealthCheck, assume, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -33,6 +34,7 @@ from hypothesis.stateful import (
 )
 
 from meshnet.gossip.config import lan
+from meshnet.gossip.util import push_pull_scale
 from sim.checks import SafetyMonitor, members_agree, membership_converged, suspicion_timeout_bounds
 from sim.cluster import Cluster
 
@@ -73,15 +75,20 @@ def settle_bound(cfg, n: int) -> float:
       (every ``reconnect_interval``, taken with probability failed/alive, so we allow two intervals)
       or the rejoin of the seeds when a node sees nobody alive (``rejoin_interval``): the larger of
       the two, plus one ``tcp_timeout`` for the push-pull;
-    * then the refutation rumours spread: ``retransmit_mult * ceil(log10(n + 1)) / gossip_nodes +
-      2 * ceil(log2 n)`` gossip rounds.
+    * then the news (alive refutations, the rejoined node's alive) spreads: ``retransmit_mult *
+      ceil(log10(n + 1)) / gossip_nodes + 2 * ceil(log2 n)`` gossip rounds -- but a transmit-limited
+      rumour can miss a node even without loss (each node sends it only ``retransmit_limit`` times
+      to random members), and then only anti-entropy repairs it: one push-pull period
+      (``push_pull_interval``, scaled above 32 nodes) in which the node pulls from a random member.
+
+    bound = max(detect, back) + push_pull_period(n) + spread
     """
     _, smax = suspicion_timeout_bounds(cfg, n)
     detect = 2 * cfg.awareness_max_multiplier * cfg.probe_interval + smax
     back = max(2 * cfg.reconnect_interval, cfg.rejoin_interval) + cfg.tcp_timeout
     limit = cfg.retransmit_mult * math.ceil(math.log10(n + 1))
     spread = (limit / cfg.gossip_nodes + 2 * math.ceil(math.log2(max(2, n)))) * cfg.gossip_interval
-    return max(detect, back) + spread
+    return max(detect, back) + push_pull_scale(cfg.push_pull_interval, n) + spread
 
 
 class GossipMachine(RuleBasedStateMachine):
@@ -114,12 +121,21 @@ class GossipMachine(RuleBasedStateMachine):
 
     # -- rules ------------------------------------------------------------------------------------
 
+    def seeds_for(self, data: st.DataObject, name: str) -> list[str]:
+        """1-2 seeds among the live nodes ``name`` can reach now (a deployment joins through a seed
+        it can reach; see ``test_scenarios.test_partial_join_island`` for what happens otherwise)."""
+        me = self.c.node(name)
+        reachable = [x for x in self.live() if self.c.network.connected(me.idx, self.c.node(x).idx)]
+        assume(reachable)
+        return data.draw(
+            st.lists(st.sampled_from(reachable), min_size=1, max_size=2, unique=True), label="seeds"
+        )
+
     @precondition(lambda self: self.fresh() and self.live())
     @rule(data=st.data())
     def join(self, data: st.DataObject) -> None:
         name = data.draw(st.sampled_from(self.fresh()), label="joiner")
-        seeds = data.draw(st.lists(st.sampled_from(self.live()), min_size=1, max_size=2, unique=True))
-        self.c.start(name, seeds)
+        self.c.start(name, self.seeds_for(data, name))
 
     @precondition(lambda self: len(self.live()) > 1)
     @rule(data=st.data())
@@ -130,8 +146,7 @@ class GossipMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def restart(self, data: st.DataObject) -> None:
         name = data.draw(st.sampled_from(self.down()), label="restart")
-        seeds = data.draw(st.lists(st.sampled_from(self.live()), min_size=1, max_size=2, unique=True))
-        self.c.restart(name, seeds)
+        self.c.restart(name, self.seeds_for(data, name))
 
     @precondition(lambda self: len(self.c.running_nodes()) >= 2)
     @rule(data=st.data())
@@ -159,8 +174,12 @@ class GossipMachine(RuleBasedStateMachine):
 
     @rule()
     def heal_and_settle(self) -> None:
+        """Heal, loss off, restart every crashed node (a node whose only seeds crashed could never
+        find the cluster again otherwise), then wait ``settle_bound`` and require agreement."""
         self.c.heal()
         self.c.set_loss(0.0)
+        for name in self.down():
+            self.c.restart(name, [self.c.node(s) for s in self.live()[:2]])
         bound = settle_bound(CFG, MAX_NODES)
         self.c.run_for(bound)
         problems = members_agree(self.c, strict=True)
