@@ -34,7 +34,7 @@ _MIN_ID = -(2**63)
 class Broadcast:
     """One queued message and its bookkeeping. ``done`` turns True when it leaves the queue."""
 
-    __slots__ = ("key", "msg", "transmits", "id", "done")
+    __slots__ = ("key", "msg", "transmits", "id", "done", "entry")
 
     def __init__(self, key: str | None, msg: bytes, bid: int) -> None:
         self.key = key
@@ -42,6 +42,8 @@ class Broadcast:
         self.transmits = 0
         self.id = bid
         self.done = False
+        #: The sort entry in its tier list: largest first, then newest first.
+        self.entry = (-len(msg), -bid, self)
 
     def __repr__(self) -> str:
         return f"Broadcast(key={self.key!r}, len={len(self.msg)}, transmits={self.transmits})"
@@ -84,31 +86,34 @@ class BroadcastQueue:
         if not self._len:
             return []
         transmit_limit = retransmit_limit(self.retransmit_mult, num_nodes)
+        tiers = self._tiers
+        bisect_left = bisect.bisect_left
         used = 0
         out: list[bytes] = []
         reinsert: list[Broadcast] = []
-        for t in sorted(self._tiers):
-            tier = self._tiers.get(t)
+        for t in sorted(tiers):
+            tier = tiers[t]
             while tier:
                 free = limit - used - overhead
                 if free <= 0:
                     break
-                i = bisect.bisect_left(tier, (-free, _MIN_ID))
+                i = bisect_left(tier, (-free, _MIN_ID))
                 if i >= len(tier):
                     break
-                _, _, b = tier.pop(i)
-                self._len -= 1
-                used += overhead + len(b.msg)
-                out.append(b.msg)
+                b = tier.pop(i)[2]
+                msg = b.msg
+                used += overhead + len(msg)
+                out.append(msg)
                 if b.transmits + 1 >= transmit_limit:
                     self._finish(b)
                 else:
                     b.transmits += 1
                     reinsert.append(b)
-            if tier is not None and not tier:
-                del self._tiers[t]
+            if not tier:
+                del tiers[t]
             if limit - used - overhead <= 0:
                 break
+        self._len -= len(out)
         for b in reinsert:
             self._insert(b)
         return out
@@ -141,7 +146,7 @@ class BroadcastQueue:
         tier = self._tiers.get(b.transmits)
         if tier is None:
             tier = self._tiers[b.transmits] = []
-        bisect.insort(tier, (-len(b.msg), -b.id, b))
+        bisect.insort(tier, b.entry)
         self._len += 1
 
     def _remove(self, b: Broadcast) -> None:

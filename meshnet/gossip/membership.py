@@ -129,8 +129,9 @@ SELF_RULES: dict[tuple[str, NodeStateType], tuple[Action, Action, Action]] = {
 }
 
 
-def _cmp(msg_inc: int, known: int) -> Cmp:
-    return Cmp.OLDER if msg_inc < known else (Cmp.SAME if msg_inc == known else Cmp.NEWER)
+def _cmp(msg_inc: int, known: int) -> int:
+    """Index into a rule's action tuple: 0 older, 1 same, 2 newer (``Cmp(...).value``)."""
+    return 0 if msg_inc < known else (1 if msg_inc == known else 2)
 
 
 def ip_text(raw: bytes) -> str:
@@ -345,11 +346,13 @@ class Membership:
         if len(msg.addr) not in (4, 16):
             self.stats["alive_bad_addr"] += 1
             return Action.IGNORE
-        node = self.get(msg.node)
+        node = self.by_name.get(msg.node)
+        if node is not None and not node.in_list:
+            node = None  # memberlist forgot it: a new node again
         if node is self.local:
             if node.addr != msg.addr or node.port != msg.port:
                 return self._conflict(node, msg)
-            action = SELF_RULES[("alive", node.state)][_cmp(msg.incarnation, node.incarnation).value]
+            action = SELF_RULES[("alive", node.state)][_cmp(msg.incarnation, node.incarnation)]
             if action is Action.REFUTE_IF_CHANGED:
                 if (msg.meta or b"") == node.meta and msg.vsn == node.vsn:
                     return Action.IGNORE
@@ -366,7 +369,7 @@ class Membership:
                 self._revive(node, msg, now)
                 return Action.REVIVE
             return self._conflict(node, msg)
-        action = REMOTE_RULES[("alive", node.state)][_cmp(msg.incarnation, node.incarnation).value]
+        action = REMOTE_RULES[("alive", node.state)][_cmp(msg.incarnation, node.incarnation)]
         if action is Action.UPDATE or action is Action.REVIVE:
             self._revive(node, msg, now)
         return action
@@ -375,13 +378,13 @@ class Membership:
         """Apply a ``suspect`` (gossiped, from a push-pull, or our own failed probe)."""
         node = self.get(msg.node)
         if node is self.local:
-            action = SELF_RULES[("suspect", node.state)][_cmp(msg.incarnation, node.incarnation).value]
+            action = SELF_RULES[("suspect", node.state)][_cmp(msg.incarnation, node.incarnation)]
             if action is Action.REFUTE:
                 self.refute(msg.incarnation)
             return action
         state = node.state if node is not None else None
         action = REMOTE_RULES[("suspect", state)][
-            _cmp(msg.incarnation, node.incarnation).value if node is not None else 0
+            _cmp(msg.incarnation, node.incarnation) if node is not None else 0
         ]
         if action is Action.CONFIRM:
             assert node is not None
@@ -419,13 +422,13 @@ class Membership:
         """Apply a ``dead`` (gossiped, a push-pull ``left``, or an expired suspicion)."""
         node = self.get(msg.node)
         if node is self.local:
-            action = SELF_RULES[("dead", node.state)][_cmp(msg.incarnation, node.incarnation).value]
+            action = SELF_RULES[("dead", node.state)][_cmp(msg.incarnation, node.incarnation)]
             if action is Action.REFUTE:
                 self.refute(msg.incarnation)
             return action
         if node is None:
             return Action.IGNORE
-        action = REMOTE_RULES[("dead", node.state)][_cmp(msg.incarnation, node.incarnation).value]
+        action = REMOTE_RULES[("dead", node.state)][_cmp(msg.incarnation, node.incarnation)]
         if msg.incarnation >= node.incarnation:
             self._cancel_suspicion(node.name)
         if action is Action.FAIL:
@@ -447,8 +450,21 @@ class Membership:
 
     def merge_state(self, states: Iterable[PushNodeState], *, now: float) -> None:
         """Merge a peer's push-pull node states (alive -> alive, left -> dead From=it, else suspect From=us)."""
+        by_name = self.by_name
         for r in states:
             if r.state == ALIVE:
+                # Fast path for the common case (nothing new): the table says IGNORE for an alive
+                # that is not newer about a known member at the same address.
+                node = by_name.get(r.name)
+                if (
+                    node is not None
+                    and node.in_list
+                    and node is not self.local
+                    and r.incarnation <= node.incarnation
+                    and r.addr == node.addr
+                    and r.port == node.port
+                ):
+                    continue
                 self.alive(
                     Alive(
                         incarnation=r.incarnation,

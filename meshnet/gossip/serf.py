@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+import msgpack
+
 from meshnet.core.errors import DecodeError
 from meshnet.gossip.codec import pack, unpack_one
 
@@ -122,7 +124,12 @@ def encode_join_intent(ltime: int, node: str) -> bytes:
 
 
 def _body(payload: bytes) -> dict[bytes, Any]:
-    value, _ = unpack_one(payload, 1)
+    try:
+        value = msgpack.unpackb(memoryview(payload)[1:], raw=True, strict_map_key=False)
+    except msgpack.ExtraData as exc:  # trailing bytes after the struct: ignored, as Go's decoder does
+        value = exc.unpacked
+    except Exception as exc:  # msgpack raises several types for garbage
+        raise DecodeError(f"serf message: bad msgpack: {exc}") from exc
     if not isinstance(value, dict):
         raise DecodeError("serf message: expected a map")
     return value

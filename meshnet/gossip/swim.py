@@ -21,7 +21,8 @@ Theory of operation
   targets with PMax >= 5; user messages to an address are sent alone, uncompressed by CRC.
 * **Periodic tasks**: probe (every ``probe_interval * (score + 1)``), gossip (every
   ``gossip_interval``, only armed while something is queued, phase-aligned), push-pull (scaled above
-  32 nodes), serf reconnect to one failed member, libnetwork's re-join of the seeds when alone.
+  32 nodes), serf reconnect to one failed member, libnetwork's re-join of the seeds when none of
+  them is a live member.
 * **Leave**: (serf) leave intent, wait for it to drain, then ``dead{self, From: self}``, wait for it
   to drain; each wait is bounded by ``leave_timeout``. Probing stops at ``leave()``; after
   ``LeaveCompleted`` the core is inert (inputs are dropped, no deadline).
@@ -54,7 +55,7 @@ from meshnet.gossip.events import (
     MessageRejected,
     UserMessageReceived,
 )
-from meshnet.gossip.membership import ALIVE, DEAD, LEFT, Membership, NodeState, ip_text
+from meshnet.gossip.membership import ALIVE, DEAD, LEFT, SUSPECT, Membership, NodeState, ip_text
 from meshnet.gossip.messages import (
     Ack,
     Alive,
@@ -550,16 +551,18 @@ class Swim:
             self._stats["serf_messages_undecodable"] += 1
             return
         if isinstance(intent, LeaveIntent):
-            news = serf.leave_intent(intent)
+            # Leave intents are re-gossiped once, as serf does: they decide left versus failed.
+            if serf.leave_intent(intent):
+                self._user_queue.queue(b"\x08" + payload)
             if intent.node == self.name and self._leave_phase == 0:
                 # serf refutes a stale leave intent about itself with a fresh join intent
                 self._user_queue.queue(b"\x08" + serf.new_join_intent())
                 self._stats["serf_leave_refuted"] += 1
         else:
+            # Join intents only move clocks; serf agents re-gossip them themselves, and doing it
+            # here too would double the gossip load of every join storm (N^2 log N messages).
             assert isinstance(intent, JoinIntent)
-            news = serf.join_intent(intent)
-        if news:
-            self._user_queue.queue(b"\x08" + payload)
+            serf.join_intent(intent)
 
     def _reject(self, src: Addr, exc: Exception) -> None:
         kind = "decode_errors" if isinstance(exc, DecodeError) else "protocol_errors"
@@ -655,11 +658,14 @@ class Swim:
                 self._push_pull(node.address, join=True, kind="reconnect")
             self._heap.set("reconnect", now + self.config.reconnect_interval)
         elif key == "rejoin":
-            if self._seeds and not self._members.any_alive_other():
+            # libnetwork's split-cluster fix: when no seed (other than us) is a live member, join the
+            # seeds again. This covers "nobody else is alive" and a join that only reached an island.
+            seeds = [s for s in self._seeds if s != self.addr]
+            live = {n.address for n in self._members.nodes if n.state <= SUSPECT and n is not self._local}
+            if seeds and not any(s in live for s in seeds):
                 self._stats["rejoins"] += 1
-                for seed in self._seeds:
-                    if seed != self.addr:
-                        self._push_pull(seed, join=True, kind="rejoin")
+                for seed in seeds:
+                    self._push_pull(seed, join=True, kind="rejoin")
             self._heap.set("rejoin", now + self.config.rejoin_interval)
         elif key == "leave":
             self._leave_drained = False

@@ -435,3 +435,22 @@ def test_events_and_members_of_a_fresh_node() -> None:
 
 def test_decode_helper_roundtrip() -> None:
     assert decode(encode_message(Ping(3, "a"))) == [Ping(3, "a")]
+
+
+def test_rejoin_when_no_seed_is_a_live_member_even_if_others_are() -> None:
+    """libnetwork's rule: e joined only through seed a (cut off), then d joined e; after the heal e
+    still has a live member (d) but none of its seeds, so it re-joins a and the island merges."""
+    cfg = lan().with_(reconnect_interval=0.0, rejoin_interval=20.0)
+    c = MiniCluster(4, config=cfg)
+    c.join("n1", ["n0"])
+    assert c.run_until(2.0, until=lambda: c.converged(["n0", "n1"]))
+    c.partition(["n0", "n1"], ["n2", "n3"])
+    c.join("n2", ["n0"])
+    c.run_for(1.0)
+    c.join("n3", ["n2", "n0"])
+    c.run_for(cfg.tcp_timeout + 1.0)
+    assert c.view("n2") == {"n2": "alive", "n3": "alive"}
+    c.heal()
+    assert c.run_until(c.now + 25.0, until=c.converged)
+    assert c.nodes["n2"].stats()["rejoins"] >= 1
+    assert c.nodes["n3"].stats().get("rejoins", 0) == 0  # its seed n2 is alive: nothing to do
