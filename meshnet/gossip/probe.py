@@ -7,11 +7,11 @@ probed. A round moves through three phases, each ended by a deadline in the shar
 
 ``DIRECT``   ``ping{SeqNo, Node, Source*}`` was sent (to a *suspect* target as the CRC'd buddy
              compound ``[ping, suspect{inc, target, From: us}]`` so it can refute at once). Wait
-             ``probe_timeout * (score + 1)`` for the ack (key ``("probe_timeout", seq)``).
+             ``probe_timeout * (score + 1)`` for the ack (key ``"probe_timeout"``).
 ``INDIRECT`` No ack yet: ``indirectPingReq`` with the *same* SeqNo goes to ``indirect_checks`` random
              alive peers (``Nack`` asked of peers with PMax >= 4), and in parallel a TCP ping when
              the target's PMax >= 3 and TCP pings are enabled. Wait until the end of the scaled
-             protocol period (key ``("probe_end", seq)``).
+             protocol period (key ``"probe_end"``).
 ``DONE``     An ack with the SeqNo (direct or relayed) at any time before the end is a success:
              health score -1. At the end without one, a TCP ack still counts as success (the network
              may be misconfigured); otherwise the health score rises by the number of missing nacks
@@ -19,14 +19,15 @@ probed. A round moves through three phases, each ended by a deadline in the shar
 
 Relaying (8.2): on ``indirectPingReq`` we ping the target with our own SeqNo. Its ack makes us ack
 the requester's SeqNo to ``SourceAddr:SourcePort`` (or the UDP source); if ``Nack`` was set and no
-ack came within ``probe_timeout``, we send ``nack{SeqNo}`` (key ``("relay", seq)``).
+ack came within ``probe_timeout``, we send ``nack{SeqNo}`` (key ``"relay"``, one deadline for a
+FIFO of relays, since they all expire ``probe_timeout`` after they start).
 
 SeqNos are a uint32 counter shared by probes and relays, so one ``acks`` map routes every ack.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from enum import Enum
 
@@ -132,6 +133,8 @@ class Prober:
         self.round: ProbeRound | None = None
         self.acks: dict[int, ProbeRound | Relay] = {}
         self.tcp_streams: dict[int, ProbeRound] = {}
+        #: Relays in expiry order (all expire ``probe_timeout`` after they start): (expires_at, seq).
+        self.relay_expiry: deque[tuple[float, int]] = deque()
 
     def next_seq(self) -> int:
         """The next SeqNo (uint32, wrapping, never 0)."""
@@ -173,16 +176,18 @@ class Prober:
                 Suspect(incarnation=target.incarnation, node=target.name, from_node=self.name)
             )
             self._send_raw(target.address, [ping, sus], target.pmax >= 5)
-        # Insertion order breaks ties: the round ends before the next one starts.
-        self.heap.set(("probe_timeout", seq), rnd.timeout_at)
-        self.heap.set(("probe_end", seq), rnd.ends_at)
+        # Fixed keys (one round at a time), so the heap's bookkeeping does not grow with every
+        # SeqNo. Insertion order breaks ties: the round ends before the next one starts.
+        self.heap.set("probe_timeout", rnd.timeout_at)
+        self.heap.set("probe_end", rnd.ends_at)
         self.heap.set("probe", rnd.ends_at)
 
-    def direct_timeout(self, seq: int, *, now: float) -> None:
+    def direct_timeout(self, *, now: float) -> None:
         """No direct ack in time: indirect pings and the TCP fallback."""
         rnd = self.round
-        if rnd is None or rnd.seq_no != seq or rnd.phase is not Phase.DIRECT:
+        if rnd is None or rnd.phase is not Phase.DIRECT:
             return
+        seq = rnd.seq_no
         rnd.phase = Phase.INDIRECT
         target = rnd.target
         peers = self.membership.random_nodes(
@@ -211,18 +216,18 @@ class Prober:
             self.tcp_streams[sid] = rnd
             self.stats["tcp_pings_sent"] += 1
 
-    def round_end(self, seq: int, *, now: float) -> None:
-        """The protocol period of round ``seq`` is over."""
+    def round_end(self, *, now: float) -> None:
+        """The protocol period of the running round is over."""
         rnd = self.round
-        if rnd is not None and rnd.seq_no == seq:
+        if rnd is not None:
             self._finish(rnd, now=now)
 
     def _finish(self, rnd: ProbeRound, *, now: float) -> None:
         self.round = None
         rnd.phase = Phase.DONE
         self.acks.pop(rnd.seq_no, None)
-        self.heap.cancel(("probe_timeout", rnd.seq_no))
-        self.heap.cancel(("probe_end", rnd.seq_no))
+        self.heap.cancel("probe_timeout")
+        self.heap.cancel("probe_end")
         if rnd.tcp_stream is not None:
             self.tcp_streams.pop(rnd.tcp_stream, None)
         self.awareness.apply_delta(rnd.awareness_delta())
@@ -244,8 +249,8 @@ class Prober:
         if rnd is not None:
             self.round = None
             self.acks.pop(rnd.seq_no, None)
-            self.heap.cancel(("probe_timeout", rnd.seq_no))
-            self.heap.cancel(("probe_end", rnd.seq_no))
+            self.heap.cancel("probe_timeout")
+            self.heap.cancel("probe_end")
         self.heap.cancel("probe")
 
     # -- replies ----------------------------------------------------------------------------------
@@ -260,7 +265,6 @@ class Prober:
             handler.acked = True
             self._finish(handler, now=now)
             return
-        self.heap.cancel(("relay", ack.seq_no))
         self.stats["relayed_acks"] += 1
         self._send_msg(handler.requester, encode_message(Ack(seq_no=handler.seq_no, payload=None)))
 
@@ -296,13 +300,23 @@ class Prober:
             requester = src
         seq = self.next_seq()
         self.acks[seq] = Relay(requester, req.seq_no, req.nack)
-        self.heap.set(("relay", seq), now + self.config.probe_timeout)
+        self.relay_expiry.append((now + self.config.probe_timeout, seq))
+        if "relay" not in self.heap:
+            self.heap.set("relay", self.relay_expiry[0][0])
         self.stats["indirect_pings_relayed"] += 1
         self._send_msg(target, encode_message(self._ping(seq, req.node)))
 
-    def relay_timeout(self, seq: int, *, now: float) -> None:
-        """No ack for a relayed ping: nack the requester if it asked for one."""
-        handler = self.acks.pop(seq, None)
-        if isinstance(handler, Relay) and handler.nack:
-            self.stats["nacks_sent"] += 1
-            self._send_msg(handler.requester, encode_message(Nack(seq_no=handler.seq_no)))
+    def relay_timeout(self, *, now: float) -> None:
+        """Relays whose ping got no ack in time: nack each requester that asked for one."""
+        expiry = self.relay_expiry
+        while expiry and expiry[0][0] <= now:
+            _, seq = expiry.popleft()
+            handler = self.acks.get(seq)
+            if not isinstance(handler, Relay):
+                continue  # acked already (or the SeqNo now belongs to something else)
+            del self.acks[seq]
+            if handler.nack:
+                self.stats["nacks_sent"] += 1
+                self._send_msg(handler.requester, encode_message(Nack(seq_no=handler.seq_no)))
+        if expiry:
+            self.heap.set("relay", expiry[0][0])

@@ -15,7 +15,8 @@ Theory of operation
   messages first, then user/serf messages framed ``08|payload`` in the leftover space),
   ``Awareness`` (Lifeguard health) and ``SerfState`` (serf's Lamport clocks, intents, push-pull
   user state). All deadlines live in one ``DeadlineHeap`` keyed by strings (periodic tasks) or
-  tuples (``("suspect", name)``, ``("probe_end", seq)``, ...).
+  tuples (``("suspect", name)``, ``("reap", name)``), so the heap's bookkeeping stays bounded by
+  the member names, not by time.
 * **Wire**: every datagram and stream goes through ``packet``. Piggybacked traffic (ping, ack,
   indirect ping, nack) is never CRC'd (memberlist's quirk); gossip and the buddy probe are CRC'd for
   targets with PMax >= 5; user messages to an address are sent alone, uncompressed by CRC.
@@ -628,13 +629,7 @@ class Swim:
     def _fire(self, key: object, now: float) -> None:
         if isinstance(key, tuple):
             kind, arg = key
-            if kind == "probe_timeout":
-                self._prober.direct_timeout(arg, now=now)
-            elif kind == "probe_end":
-                self._prober.round_end(arg, now=now)
-            elif kind == "relay":
-                self._prober.relay_timeout(arg, now=now)
-            elif kind == "suspect":
+            if kind == "suspect":
                 self._members.suspicion_expired(arg, now=now)
             elif kind == "reap" and self._members.reap(arg) and self._serf is not None:
                 self._serf.forget(arg)
@@ -642,6 +637,12 @@ class Swim:
         if key == "probe":
             if self._leave_phase == 0:
                 self._prober.tick(now=now)
+        elif key == "probe_timeout":
+            self._prober.direct_timeout(now=now)
+        elif key == "probe_end":
+            self._prober.round_end(now=now)
+        elif key == "relay":
+            self._prober.relay_timeout(now=now)
         elif key == "gossip":
             self._gossip(now)
         elif key == "push_pull":
