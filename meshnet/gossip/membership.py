@@ -156,6 +156,7 @@ class NodeState:
         "pmax",
         "addr_str",
         "in_list",
+        "epoch",
         "_member",
         "_push",
     )
@@ -174,6 +175,8 @@ class NodeState:
         self.pmax = vsn[1] if len(vsn) >= 6 else 0
         self.addr_str = ip_text(addr)
         self.in_list = False
+        #: Shared with the owning ``Membership``: bumped on every change (cache invalidation).
+        self.epoch = [0]
         self._member: Member | None = None
         self._push: PushNodeState | None = None
 
@@ -183,9 +186,10 @@ class NodeState:
         return (self.addr_str, self.port)
 
     def touch(self) -> None:
-        """Forget cached snapshots after a change."""
+        """Forget cached snapshots after a change (and bump the table's epoch)."""
         self._member = None
         self._push = None
+        self.epoch[0] += 1
 
     def set_address(self, addr: bytes, port: int) -> None:
         if addr != self.addr:
@@ -267,6 +271,8 @@ class Membership:
         self.stats = stats
         self.by_name: dict[str, NodeState] = {}
         self.nodes: list[NodeState] = []
+        #: Bumped on every change to any member or to the node list: push-pull encodings are cached on it.
+        self.epoch = local.epoch
         self.probe_index = 0
         self.suspicions: dict[str, Suspicion] = {}
         #: Failed (dead, not left) member names, insertion-ordered for deterministic picks.
@@ -332,6 +338,8 @@ class Membership:
                 n.in_list = False
             else:
                 kept.append(n)
+        if len(kept) != len(self.nodes):
+            self.epoch[0] += 1
         self.rng.shuffle(kept)
         self.nodes = kept
 
@@ -551,10 +559,12 @@ class Membership:
         if node is None or node.state < DEAD or node is self.local:
             return False
         del self.by_name[name]
+        self.epoch[0] += 1
         self.failed.pop(name, None)
         if node.in_list:
             i = self.nodes.index(node)
             del self.nodes[i]
+            self.epoch[0] += 1
             if i < self.probe_index:
                 self.probe_index -= 1
             node.in_list = False
@@ -583,6 +593,7 @@ class Membership:
         node = self.by_name.get(msg.node)
         if node is None:
             node = NodeState(msg.node, msg.addr, msg.port, msg.meta or b"", msg.incarnation, msg.vsn, now)
+            node.epoch = self.epoch
             self.by_name[msg.node] = node
         else:  # dropped from memberlist's list but still listed by serf: memberlist sees a new node
             node.set_address(msg.addr, msg.port)
@@ -595,6 +606,7 @@ class Membership:
             self.failed.pop(node.name, None)
             self.heap.cancel(("reap", node.name))
         node.in_list = True
+        self.epoch[0] += 1
         # Insert at a random offset (the swap memberlist does) so failure detection stays fair.
         n = len(self.nodes)
         offset = self.rng.randrange(n + 1) if n else 0

@@ -274,6 +274,12 @@ class SerfState:
         self.query_clock = LamportClock(1)
         self.status_ltimes: dict[str, int] = {}
         self.leaving: dict[str, None] = {}
+        #: Bumped whenever ``status_ltimes`` or ``leaving`` change (cache invalidation).
+        self.version = 0
+
+    def fingerprint(self) -> tuple[int, int, int, int]:
+        """Changes whenever ``local_state`` could encode differently for the same members."""
+        return (self.version, self.clock.counter, self.event_clock.counter, self.query_clock.counter)
 
     def join_intent(self, intent: JoinIntent) -> bool:
         """Apply a join intent. True if it was news (serf re-gossips it then)."""
@@ -282,6 +288,7 @@ class SerfState:
             return False
         self.status_ltimes[intent.node] = intent.ltime
         self.leaving.pop(intent.node, None)
+        self.version += 1
         return True
 
     def leave_intent(self, intent: LeaveIntent) -> bool:
@@ -293,6 +300,7 @@ class SerfState:
             return False
         self.status_ltimes[intent.node] = intent.ltime
         self.leaving[intent.node] = None
+        self.version += 1
         return True
 
     def new_join_intent(self) -> bytes:
@@ -300,6 +308,7 @@ class SerfState:
         ltime = self.clock.time()
         self.clock.witness(ltime)
         self.status_ltimes[self.local_name] = ltime
+        self.version += 1
         return encode_join_intent(ltime, self.local_name)
 
     def new_leave_intent(self) -> bytes:
@@ -307,6 +316,7 @@ class SerfState:
         ltime = max(self.clock.time(), self.status_ltimes.get(self.local_name, 0) + 1)
         self.clock.witness(ltime)
         self.status_ltimes[self.local_name] = ltime
+        self.version += 1
         return encode_leave_intent(ltime, self.local_name)
 
     def witness_message(self, payload: bytes) -> None:
@@ -354,3 +364,4 @@ class SerfState:
         """Drop a reaped member's status time."""
         self.status_ltimes.pop(name, None)
         self.leaving.pop(name, None)
+        self.version += 1

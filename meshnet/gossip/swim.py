@@ -175,6 +175,7 @@ class Swim:
         )
         self._serf = SerfState(name) if serf_compat else None
 
+        self._pp_cache: tuple[tuple, bytes, bytes | None] | None = None
         self._seeds: list[Addr] = []
         self._join_intent_due = False
         self._leave_phase = 0  # 0 not leaving, 1 serf intent draining, 2 dead draining, 3 left
@@ -575,14 +576,26 @@ class Swim:
     # ============================================================================================
 
     def _local_state(self, join: bool) -> bytes:
-        user = b""
-        if self._serf is not None:
-            by_name = self._members.by_name
-            names = sorted(by_name)
-            left = [n for n in names if by_name[n].state >= DEAD and n in self._serf.leaving]
-            user = self._serf.local_state(names, left)
-        pp = PushPull(join=join, states=tuple(self._members.push_states()), user_state=user)
-        return self._frame_stream(encode_message(pp))
+        """Our push-pull frame. Encodings are cached until the member table or serf state changes,
+        and the framed bytes too when nothing is encrypted (compression is deterministic)."""
+        serf = self._serf
+        key = (self._members.epoch[0], join, serf.fingerprint() if serf is not None else None)
+        cache = self._pp_cache
+        if cache is not None and cache[0] == key:
+            plain, framed = cache[1], cache[2]
+        else:
+            user = b""
+            if serf is not None:
+                by_name = self._members.by_name
+                names = sorted(by_name)
+                left = [n for n in names if by_name[n].state >= DEAD and n in serf.leaving]
+                user = serf.local_state(names, left)
+            pp = PushPull(join=join, states=tuple(self._members.push_states()), user_state=user)
+            plain, framed = encode_message(pp), None
+        if framed is None or self._out_keyring is not None:
+            framed = self._frame_stream(plain)
+        self._pp_cache = (key, plain, framed if self._out_keyring is None else None)
+        return framed
 
     def _push_pull(self, addr: Addr, *, join: bool, kind: str) -> None:
         self._stats["push_pulls_started"] += 1

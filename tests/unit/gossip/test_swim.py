@@ -454,3 +454,18 @@ def test_rejoin_when_no_seed_is_a_live_member_even_if_others_are() -> None:
     assert c.run_until(c.now + 25.0, until=c.converged)
     assert c.nodes["n2"].stats()["rejoins"] >= 1
     assert c.nodes["n3"].stats().get("rejoins", 0) == 0  # its seed n2 is alive: nothing to do
+
+
+def test_push_pull_reply_is_cached_until_something_changes() -> None:
+    core = Swim(lan(), name="me", addr=("10.0.0.1", 7946), rng=random.Random(1), now=0.0)
+    req = PushPull(join=False, states=(PushNodeState("x", bytes([10, 0, 0, 5]), 7946, b"", 1, 0),))
+    framed = packet.encode_stream(encode_message(req), compress=True, keyring=None, rng=random.Random(2))
+    core.receive_stream(("127.0.0.1", 1), framed, now=1.0)
+    first = core.receive_stream(("127.0.0.1", 1), framed, now=2.0)
+    assert core.receive_stream(("127.0.0.1", 1), framed, now=3.0) == first
+    sus = packet.encode_datagram(
+        [encode_message(Suspect(1, "x", "y"))], crc=False, compress=False, keyring=None, rng=random.Random(1)
+    )
+    core.receive_datagram(("10.0.0.9", 1), sus, now=4.0)
+    reply = packet.decode_stream(core.receive_stream(("127.0.0.1", 1), framed, now=5.0), keyring=None)
+    assert {s.name: s.state for s in reply.states} == {"me": 0, "x": 1}
