@@ -14,9 +14,11 @@ differ only when an owner reused a time (it lost its clock); ``precedence`` then
 over a total order: commutative, associative and idempotent (``table.merge``).
 
 An ``Attachment`` is one node's membership of one network, written only by that node: ``leaving`` marks
-a leave record (kept ``reap_network_interval`` to refuse stale entries, then reaped); ``floor`` is the
-ltime of the node's previous leave of that network in its current life, so entries of an earlier
-attachment epoch (ltime <= floor) are refused after a rejoin.
+a leave record (kept ``reap_network_interval``; while it stands, every entry of that node in that
+network is refused, then it is reaped); ``floor`` is the ltime of the node's previous leave of that
+network in its current life, so entries of an earlier attachment epoch (ltime <= floor) are refused
+after a rejoin. An entry that overtakes its owner's join record is refused once and arrives again by a
+retransmission or by anti-entropy, which carries attachments before entries.
 """
 
 from __future__ import annotations
@@ -102,9 +104,11 @@ class Attachment:
         return (self.ltime, self.leaving, self.floor)
 
     def admits(self, ltime: int) -> bool:
-        """Whether an entry of this node in this network with ``ltime`` may be (or stay) stored."""
+        """Whether an entry of this node in this network with ``ltime`` may be (or stay) stored: none
+        while the record is a leave (whatever its ltime: a node that lost its clock can leave at an
+        ltime below entries of its previous life), and after a rejoin only those of the new epoch."""
         if self.leaving:
-            return ltime > self.ltime
+            return False
         return ltime > self.floor
 
     def with_(self, **changes: object) -> Attachment:

@@ -50,11 +50,12 @@ class NodeRecord:
 class NodeBook:
     """Node states and addresses."""
 
-    __slots__ = ("_nodes", "_addrs")
+    __slots__ = ("_nodes", "_addrs", "_alive")
 
     def __init__(self) -> None:
         self._nodes: dict[str, NodeRecord] = {}
         self._addrs: dict[str, Addr] = {}
+        self._alive = 0
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -73,20 +74,31 @@ class NodeBook:
         """Remember ``addr`` for ``name`` unless a member event already told us one."""
         self._addrs.setdefault(name, addr)
 
+    @property
+    def alive_count(self) -> int:
+        return self._alive
+
+    def _set(self, rec: NodeRecord) -> None:
+        prev = self._nodes.get(rec.name)
+        self._alive += (rec.state is NodeState.ALIVE) - (prev is not None and prev.state is NodeState.ALIVE)
+        self._nodes[rec.name] = rec
+
     def set_alive(self, name: str, addr: Addr | None, incarnation: int) -> None:
-        self._nodes[name] = NodeRecord(name, NodeState.ALIVE, incarnation)
+        self._set(NodeRecord(name, NodeState.ALIVE, incarnation))
         if addr is not None:
             self._addrs[name] = addr
 
     def set_failed(self, name: str, incarnation: int) -> None:
-        self._nodes[name] = NodeRecord(name, NodeState.FAILED, incarnation)
+        self._set(NodeRecord(name, NodeState.FAILED, incarnation))
 
     def set_left(self, name: str) -> None:
         rec = self._nodes.get(name)
-        self._nodes[name] = NodeRecord(name, NodeState.LEFT, rec.incarnation if rec else 0)
+        self._set(NodeRecord(name, NodeState.LEFT, rec.incarnation if rec else 0))
 
     def forget(self, name: str) -> None:
-        self._nodes.pop(name, None)
+        rec = self._nodes.pop(name, None)
+        if rec is not None and rec.state is NodeState.ALIVE:
+            self._alive -= 1
         self._addrs.pop(name, None)
 
     def names(self, state: NodeState | None = None) -> list[str]:

@@ -136,18 +136,23 @@ class Replica:
 
     def peers(self, network: str) -> list[str]:
         """Other nodes attached to ``network`` and not failed or gone, sorted."""
+        return list(self._peer_list(network))
+
+    def _peer_list(self, network: str) -> list[str]:
+        """``peers`` without the copy (cached until an attachment or node state changes)."""
         cached = self._peer_cache.get(network)
         if cached is None:
-            cached = []
-            for n in self._atts.members(network):
-                if n == self.name:
-                    continue
-                state = self._nodes.state(n)
-                if state is NodeState.FAILED or state is NodeState.LEFT:
-                    continue
-                cached.append(n)
+            cached = [n for n in self._atts.members(network) if n != self.name and self._is_peer_state(n)]
             self._peer_cache[network] = cached
-        return list(cached)
+        return cached
+
+    def _is_peer_state(self, node: str) -> bool:
+        state = self._nodes.state(node)
+        return state is not NodeState.FAILED and state is not NodeState.LEFT
+
+    def _targets(self, network: str) -> list[str]:
+        """Peers of ``network`` this node can address."""
+        return [p for p in self._peer_list(network) if self._nodes.addr(p) is not None]
 
     # ------------------------------------------------------------------ internals: writes and merges
 
@@ -479,7 +484,8 @@ class Replica:
         net = self._nets.get(network)
         if net is None or node == self.name or self._nodes.addr(node) is None:
             return
-        if node not in self.peers(network):
+        att = self._atts.get(node, network)
+        if att is None or att.leaving or not self._is_peer_state(node):
             return
         self._rotation.add(network, node)
         if not net.ever_synced and not self._sync_in_flight(network):
@@ -512,16 +518,14 @@ class Replica:
         for network in retry:
             if self._sync_in_flight(network):
                 continue
-            candidates = [p for p in self.peers(network) if self._nodes.addr(p) is not None]
-            peer = self._rotation.next(network, candidates, self._rng, exclude=pend.peer)
+            peer = self._rotation.next(network, self._targets(network), self._rng, exclude=pend.peer)
             if peer is not None:
                 self._start_sync(peer, (network,), pend.purpose, now, pend.attempt + 1)
 
     def _bulk_sync_round(self, now: float) -> None:
         choices: dict[str, list[str]] = {}
         for network in sorted(self._nets):
-            candidates = [p for p in self.peers(network) if self._nodes.addr(p) is not None]
-            peer = self._rotation.next(network, candidates, self._rng)
+            peer = self._rotation.next(network, self._targets(network), self._rng)
             if peer is not None:
                 choices.setdefault(peer, []).append(network)
         for peer in sorted(choices):
@@ -555,11 +559,24 @@ class Replica:
         self._count("messages_sent")
         self._messages.append(OutboundMessage(node, addr, payload, reliable))
 
+    def _pick(self, peers: list[str], k: int) -> list[str]:
+        """Up to ``k`` distinct random addressable peers, in O(k) when (as usual) all are addressable."""
+        if len(peers) <= 4 * k:
+            targets = [p for p in peers if self._nodes.addr(p) is not None]
+            return self._rng.sample(targets, min(k, len(targets)))
+        chosen: list[str] = []
+        for p in self._rng.sample(peers, 4 * k):
+            if self._nodes.addr(p) is not None:
+                chosen.append(p)
+                if len(chosen) == k:
+                    break
+        return chosen
+
     def _arm_gossip(self, now: float) -> None:
         if "gossip" in self._timers:
             return
         for network, net in self._nets.items():
-            if net.queue and self.peers(network):
+            if net.queue and self._peer_list(network):
                 self._timers.set("gossip", now + self.config.gossip_interval)
                 return
 
@@ -569,12 +586,11 @@ class Replica:
             net = self._nets[network]
             if not net.queue:
                 continue
-            peers = self.peers(network)
-            targets = [p for p in peers if self._nodes.addr(p) is not None]
-            if not targets:
+            peers = self._peer_list(network)
+            chosen = self._pick(peers, cfg.gossip_nodes)
+            if not chosen:
                 continue
             limit = retransmit_limit(cfg.retransmit_mult, len(peers) + 1)
-            chosen = self._rng.sample(targets, min(cfg.gossip_nodes, len(targets)))
             budget = cfg.packet_budget_bytes - codec.table_events_overhead(
                 self.name, self._cluster_id, network
             )

@@ -21,9 +21,9 @@ Data. Entries of joined networks only (``TableStore``), all attachment records o
 fixing a libnetwork failure (libnetwork.md section 9):
 
 1. Merge is last-writer-wins by (ltime, owner) with tombstones winning ties (``table.merge``).
-2. Admission by attachment: an entry of owner X in network N is refused (and a stored one removed) when
-   X's attachment record says X left N after writing it, or the entry predates X's current attachment
-   epoch (``Attachment.admits``). Attachments travel in broadcasts, in every bulk sync (moby#53437) and in
+2. Admission by attachment: an entry of owner X in network N is refused (and a stored one removed) while
+   X's attachment record for N is a leave, or when it predates X's current attachment epoch
+   (``Attachment.admits``); an unknown attachment admits (the record may simply not have arrived yet). Attachments travel in broadcasts, in every bulk sync (moby#53437) and in
    the state sync / push-pull, so a missed broadcast is repaired by anti-entropy alone.
 3. Failure hides, never deletes (moby#53141): a failed owner's entries are flagged hidden (watchers see
    deletes), kept, still merged and synced (flagged hidden on the wire), and revealed when the owner is
@@ -196,7 +196,7 @@ class NetworkDB(Replica):
         net = _Network(queue=NetworkQueue(max_len=self.config.max_queue_len))
         self._nets[network] = net
         self._broadcast_attachment(att, now)
-        peers = [p for p in self.peers(network) if self._nodes.addr(p) is not None]
+        peers = self._targets(network)
         cap = self.config.join_sync_max_peers
         if cap and len(peers) > cap:
             peers = sorted(self._rng.sample(peers, cap))
@@ -352,7 +352,7 @@ class NetworkDB(Replica):
             for network in common:
                 self._rotation.add(network, name, front=True)
             fanout = self.config.return_sync_fanout
-            alive = max(1, len(self._nodes.names(NodeState.ALIVE)))
+            alive = max(1, self._nodes.alive_count)
             if common and self._rng.random() < min(1.0, fanout / alive):
                 self._start_sync(name, tuple(common), "return", now)
         elif prev is None and self._bootstrap_left > 0:

@@ -43,7 +43,8 @@ class Rotation:
     __slots__ = ("_order",)
 
     def __init__(self) -> None:
-        self._order: dict[str, list[str]] = {}
+        #: network -> the rest of this round, in order (an insertion-ordered dict used as a set)
+        self._order: dict[str, dict[str, None]] = {}
 
     def next(
         self, network: str, candidates: list[str], rng: random.Random, *, exclude: str | None = None
@@ -54,25 +55,25 @@ class Rotation:
             allowed.discard(exclude)
         if not allowed:
             return None
-        order = [p for p in self._order.get(network, []) if p in allowed]
-        if not order:
-            order = sorted(allowed)
-            rng.shuffle(order)
-        peer = order.pop(0)
-        self._order[network] = order
-        return peer
+        order = self._order.setdefault(network, {})
+        while order:
+            peer = next(iter(order))
+            del order[peer]
+            if peer in allowed:
+                return peer
+        fresh = sorted(allowed)
+        rng.shuffle(fresh)
+        order.update(dict.fromkeys(fresh[1:]))
+        return fresh[0]
 
     def add(self, network: str, peer: str, *, front: bool = False) -> None:
         """Make sure ``peer`` is in this round of ``network``; at the front if ``front``."""
-        order = self._order.setdefault(network, [])
-        if peer in order:
-            if not front:
-                return
-            order.remove(peer)
+        order = self._order.setdefault(network, {})
         if front:
-            order.insert(0, peer)
+            order.pop(peer, None)
+            self._order[network] = {peer: None, **order}
         else:
-            order.append(peer)
+            order.setdefault(peer, None)
 
     def forget(self, network: str) -> None:
         self._order.pop(network, None)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from meshnet.networkdb import (
     ClusterIdSet,
+    Entry,
     HighWaterRaised,
     NetworkDB,
     NetworkDBConfig,
@@ -80,6 +81,8 @@ class Cluster:
         self.group: dict[str, int] = {}
         #: which nodes each node currently believes failed (to heal exactly those verdicts)
         self.believes_failed: dict[str, set[str]] = {}
+        #: which nodes each node has been told alive about (a restarted node knows nobody)
+        self.knows: dict[str, set[str]] = {}
         self.delivered = 0
         self.dropped = 0
         #: drop every broadcast (attachment events) instead of delivering it
@@ -89,6 +92,7 @@ class Cluster:
             self.slots[name] = _NodeSlot(name, addr, None)
             self.group[name] = 0
             self.believes_failed[name] = set()
+            self.knows[name] = set()
         self._by_addr = {s.addr: s.name for s in self.slots.values()}
         for name in names:
             self._boot(name, high_water=0, cluster_id=None)
@@ -98,8 +102,7 @@ class Cluster:
         for name in names:
             for other in names:
                 if other != name:
-                    self.db(name).node_alive(other, self.slots[other].addr, incarnation=1, now=self.now)
-            self.pump(name)
+                    self._tell_alive(name, other)
 
     # -- access ----------------------------------------------------------------------------------
 
@@ -231,6 +234,7 @@ class Cluster:
 
     def _tell_alive(self, observer: str, subject: str) -> None:
         self.believes_failed[observer].discard(subject)
+        self.knows[observer].add(subject)
         s = self.slots[subject]
         self.db(observer).node_alive(subject, s.addr, incarnation=s.incarnation, now=self.now)
         self.pump(observer)
@@ -257,8 +261,8 @@ class Cluster:
         for b in sorted(refuted):
             self.slots[b].incarnation += 1
         for a in self.up:
-            for b in sorted(self.believes_failed[a]):
-                if self.is_up(b):
+            for b in self.up:
+                if b != a and (b in self.believes_failed[a] or b not in self.knows[a]):
                     self._tell_alive(a, b)
 
     def crash(self, name: str) -> None:
@@ -277,8 +281,9 @@ class Cluster:
             if self.group[other] == self.group[name]:
                 self._tell_failed(other, name)
 
-    def restart(self, name: str, *, state: bool = True) -> None:
-        """Restart a crashed node under the same name, with its state directory or an empty one."""
+    def restart(self, name: str, *, state: bool = True) -> list[Entry]:
+        """Restart a crashed node under the same name, with its state directory or an empty one; return
+        the entries it re-asserted."""
         slot = self.slots[name]
         assert slot.db is None
         slot.incarnation += 1
@@ -289,14 +294,15 @@ class Cluster:
         db = self.db(name)
         for net in slot.saved_networks:
             db.join_network(net, now=self.now)
-        for table, net, key, value in slot.saved_entries:
-            db.put_entry(table, net, key, value, now=self.now)
+        reasserted = [db.put_entry(t, net, key, value, now=self.now) for t, net, key, value in slot.saved_entries]
         self.believes_failed[name] = set()
+        self.knows[name] = set()
         self.pump(name)
         for other in self.up:
             if other != name and self.group[other] == self.group[name]:
                 self._tell_alive(name, other)
                 self._tell_alive(other, name)
+        return reasserted
 
     def leave(self, name: str) -> None:
         """Graceful leave of the cluster: everyone sees ``name`` left; the node stops."""

@@ -67,7 +67,7 @@ class TestEntry:
         join = Attachment("a", "n", ltime=10, floor=4)
         assert join.admits(5) and not join.admits(4)
         leave = Attachment("a", "n", ltime=10, leaving=True)
-        assert not leave.admits(9) and leave.admits(11)
+        assert not leave.admits(9) and not leave.admits(11)
 
 
 class TestTableStore:
