@@ -36,8 +36,9 @@ Guarantees of ``apply`` (both implementations pass tests/conformance for them):
    device, a master that is not a bridge, an FDB entry on a non-VXLAN device, a VNI clash among those
    namespaces) is refused with the same error before anything changes. If the kernel still refuses an op
    (a clash with a device outside those namespaces, a race with another program), the ops before it have
-   been applied, ops after it have not, except that other entries of the same bulk batch may have been;
-   the caller re-observes, re-plans and applies again, which converges because every op is idempotent.
+   been applied, ops after it have not, except that other entries of the same bulk batch may have been,
+   and a refused ``Add*`` that replaces an object may already have deleted the old one; the caller
+   re-observes, re-plans and applies again, which converges because every op is idempotent.
 """
 
 from __future__ import annotations

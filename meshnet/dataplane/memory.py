@@ -33,7 +33,9 @@ tests/conformance.
   stored as None, as the kernel reports it.
 - A link going down loses its neighbour entries and IPv6 addresses; neighbours on ``lo`` are refused
   (EINVAL). An IPv6 address replaces another with the same address and a different prefix length on the
-  same link; IPv4 keys on address and prefix length.
+  same link; IPv4 keys on address and prefix length. Deleting an IPv4 address that is the first (primary)
+  of its subnet and prefix length on the link deletes the later ones (secondaries) too; deleting the
+  last IPv4 address of a link flushes its IPv4 neighbour entries.
 
 Pure: no kernel, clock or randomness; the generated MACs depend only on the namespace, the link name and
 how many links this instance created before.
@@ -557,7 +559,23 @@ class MemoryDataplane:
         ns = txn.find(op.netns)
         if ns is None or op.cidr not in ns.addresses.get(op.dev, {}):
             return
-        del txn.write(op.netns).addresses[op.dev][op.cidr]
+        ns = txn.write(op.netns)
+        per_dev = ns.addresses[op.dev]
+        iface = ipaddress.ip_interface(op.cidr)
+        gone = [op.cidr]
+        if iface.version == 4:
+            # IPv4 keeps, per (subnet, prefix length), the first address as primary and the later ones as
+            # secondaries; deleting a primary deletes its secondaries (promote_secondaries is off).
+            same = [c for c in per_dev if ipaddress.ip_interface(c).network == iface.network]
+            if same[0] == op.cidr:
+                gone = same
+        for cidr in gone:
+            del per_dev[cidr]
+        if iface.version == 4 and not any(":" not in c for c in per_dev):
+            # The last IPv4 address gone: the kernel disables IPv4 on the link and flushes its ARP table.
+            arp = ns.neighbours.get(op.dev, {})
+            for ip in [ip for ip in arp if ":" not in ip]:
+                del arp[ip]
 
     def _add_fdb(self, txn: _Txn, op: AddFdbEntry) -> None:
         ns = txn.write(op.netns)

@@ -415,6 +415,8 @@ class NetlinkDataplane:
                         missing = k
                         break
                     continue  # deleting from a missing device: nothing to delete
+                if isinstance(op, DelFdbEntry) and dev[1].kind != "vxlan":
+                    continue  # only VXLAN devices hold our FDB entries (others answer EINVAL)
                 index = dev[0]
                 if isinstance(op, AddFdbEntry):
                     state = nlwire.FDB_PERMANENT if op.permanent else nlwire.FDB_STATIC

@@ -381,7 +381,9 @@ class AddAddress:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DelAddress:
-    """Remove address ``cidr`` from ``dev``. Missing (address or device) is success."""
+    """Remove address ``cidr`` from ``dev``. Missing (address or device) is success. As in the kernel,
+    removing an IPv4 primary removes its secondaries, and removing a link's last IPv4 address flushes
+    its IPv4 neighbour entries (``MemoryDataplane`` docstring)."""
 
     netns: str
     dev: str
