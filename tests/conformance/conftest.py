@@ -38,8 +38,6 @@ def prefixed_namespaces(prefix: str) -> list[str]:
         return []
 
 
-
-
 def own_link_names() -> set[str]:
     """Names of the links in the namespace this process runs in (normally the root namespace)."""
     return {name for _, name in socket.if_nameindex()}

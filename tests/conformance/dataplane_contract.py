@@ -435,6 +435,28 @@ def check_addresses(h: Harness) -> None:
     assert h.text("o", "c", "u") == overlay_text(h)
 
 
+def check_address_removal_rules(h: Harness) -> None:
+    """Deleting an IPv4 primary deletes its secondaries (same subnet and prefix length); deleting a
+    link's last IPv4 address flushes its IPv4 neighbour entries (IPv6 ones stay)."""
+    h.dp.apply(overlay_plan(h))
+    o = h.ns("o")
+    h.apply(
+        AddAddress(netns=o, dev="br0", cidr="10.0.0.2/24"),
+        AddAddress(netns=o, dev="br0", cidr="10.1.0.1/16"),
+        AddNeighbour(netns=o, dev="br0", ip="10.0.0.9", mac="02:42:0a:00:00:09"),
+        AddNeighbour(netns=o, dev="br0", ip="fd00::9", mac="02:42:0a:00:00:09"),
+    )
+    h.apply(DelAddress(netns=o, dev="br0", cidr="10.0.0.1/24"))
+    state = h.observe("o").get(o)
+    assert state is not None
+    assert [a.cidr for a in state.addresses] == ["10.1.0.1/16"]
+    assert [n.ip for n in state.neighbours] == ["10.0.0.9", "fd00::9"]
+    h.apply(DelAddress(netns=o, dev="br0", cidr="10.1.0.1/16"))
+    state = h.observe("o").get(o)
+    assert state is not None
+    assert (state.addresses, [n.ip for n in state.neighbours]) == ((), ["fd00::9"])
+
+
 def check_bridge_mtu_follows_ports(h: Harness) -> None:
     """A bridge without an explicit MTU takes its smallest port's, and 1500 again without ports; an
     explicit MTU stays whatever the ports do."""
@@ -529,6 +551,7 @@ CHECKS: tuple[Callable[[Harness], None], ...] = (
     check_replace_keeps_or_recreates,
     check_link_down_flushes_neighbours,
     check_addresses,
+    check_address_removal_rules,
     check_bridge_mtu_follows_ports,
     check_deletes_cascade,
     check_scope,
