@@ -15,7 +15,8 @@ methods, both blocking (the runtime calls them from a worker thread):
 What a snapshot shows is what meshnet manages, so that observe-after-apply equals what the plan asked
 for, in the fake and in the kernel alike:
 
-- every link, with its kind (``loopback``, ``bridge``, ``vxlan``, ``veth``, or the kernel's kind name),
+- every link (except the fallback tunnel devices such as ``tunl0``/``sit0`` that some kernels put in every
+  new namespace), with its kind (``loopback``, ``bridge``, ``vxlan``, ``veth``, or the kernel's kind name),
   MTU, MAC, administrative up flag and master; VXLAN attributes; a veth's peer. A namespace outside the
   scope is shown as ``UNKNOWN_NETNS`` (a veth peer's or VXLAN underlay's); a VXLAN ``underlay`` of None is
   the namespace the dataplane runs in.
