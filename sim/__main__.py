@@ -53,6 +53,9 @@ def run_gossip(args: argparse.Namespace) -> dict[str, Any]:
     """Run the scenario described by ``args``; returns the figures (also printed by ``main``)."""
     wall0 = time.perf_counter()
     cfg = _config(args.profile)
+    if args.no_compression:
+        # Only the bytes on the wire change: piggyback budgets are computed before compression.
+        cfg = cfg.with_(enable_compression=False)
     jsonl = open(args.jsonl, "w") if args.jsonl else None  # noqa: SIM115 (closed below)
     trace = Trace(jsonl=jsonl)
     c = Cluster(
@@ -66,6 +69,7 @@ def run_gossip(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "profile": args.profile,
         "loss": args.loss,
+        "compression": not args.no_compression,
         "stagger": stagger,
         "last_start": last_start,
     }
@@ -218,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stagger", type=float, default=None, help="seconds between starts (default 10/N, <=50ms)"
     )
     g.add_argument("--seeds-per-join", type=int, default=3)
+    g.add_argument("--no-compression", action="store_true", help="LZW off (pure-Python LZW dominates CPU)")
     g.add_argument("--jsonl", default=None, help="write the whole trace as JSON lines here")
     g.add_argument("--cprofile", type=int, default=0, help="print the top N functions by cumulative time")
     args = p.parse_args(argv)
