@@ -331,7 +331,35 @@ def _list(v: Any, what: str, n: int | None = None) -> list[Any]:
     return v
 
 
+def _fits(s: str, max_bytes: int) -> bool:
+    return len(s) * 4 <= max_bytes or len(s.encode("utf-8", "surrogatepass")) <= max_bytes
+
+
 def _entry(v: Any, lim: Limits) -> WireEntry:
+    # Fast path for well-formed input (the common case, millions per bulk sync at scale); anything
+    # unusual falls through to the field-by-field checks, which name the bad field.
+    if type(v) is list and len(v) == 7:
+        table, key, value, owner, ltime, flags, reap = v
+        if (
+            type(table) is str
+            and type(key) is str
+            and type(value) is bytes
+            and type(owner) is str
+            and type(ltime) is int
+            and type(flags) is int
+            and type(reap) is int
+            and table
+            and key
+            and owner
+            and 1 <= ltime <= MAX_LTIME
+            and 0 <= flags <= 3
+            and 0 <= reap <= _MAX_REAP_MS
+            and len(value) <= lim.max_value_bytes
+            and _fits(table, lim.max_table_bytes)
+            and _fits(key, lim.max_key_bytes)
+            and _fits(owner, lim.max_node_name_bytes)
+        ):
+            return WireEntry(table, key, value, owner, ltime, bool(flags & 1), bool(flags & 2), reap)
     f = _list(v, "entry", 7)
     flags = _int(f[5], "entry flags", 0, 3)
     return WireEntry(

@@ -73,6 +73,10 @@ class NetworkDBConfig:
     bulk_sync_attempts: int = 2
     #: Peers synchronised on network join; 0 = all known peers (libnetwork ``bulkSync(all=true)``).
     join_sync_max_peers: int = 0
+    #: The join sync goes to this many peers first and to the rest once one has answered, so the rest
+    #: usually find the joiner's digest equal to theirs and answer with no entries (one full copy of
+    #: the table travels instead of one per peer).
+    join_sync_first_wave: int = 2
     #: On a node's return after failure each peer syncs with it with probability
     #: min(1, return_sync_fanout / live peers), so about this many peers do it at once.
     return_sync_fanout: int = 3
@@ -143,6 +147,7 @@ class NetworkDBConfig:
             "bulk_sync_attempts",
             "high_water_block",
             "max_table_entries",
+            "join_sync_first_wave",
         )
         for name in at_least_one:
             if getattr(self, name) < 1:

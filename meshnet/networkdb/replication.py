@@ -92,6 +92,7 @@ class _Network:
     synced: bool = False
     ever_synced: bool = False
     join_pending: set[str] = field(default_factory=set)
+    join_later: list[str] = field(default_factory=list)
     join_answered: list[str] = field(default_factory=list)
     join_failed: list[str] = field(default_factory=list)
 
@@ -503,6 +504,9 @@ class Replica:
             if pend.purpose == "join" and pend.peer in net.join_pending:
                 net.join_pending.discard(pend.peer)
                 (net.join_answered if ok else net.join_failed).append(pend.peer)
+                later, net.join_later = net.join_later, []
+                for peer in later:
+                    self._start_sync(peer, (network,), "join", now)
                 if not net.join_pending:
                     net.synced = True
                     self._events.append(

@@ -183,7 +183,8 @@ class NetworkDB(Replica):
 
     def join_network(self, network: str, *, now: float) -> None:
         """Attach to ``network``: broadcast a join record and bulk-sync with its known peers (all of them,
-        or ``join_sync_max_peers``); ``NetworkSynced`` follows when they answered or timed out. Idempotent."""
+        or ``join_sync_max_peers``; ``join_sync_first_wave`` first, the rest after the first answer);
+        ``NetworkSynced`` follows when they all answered or timed out. Idempotent."""
         self._check_str(network, "network", self.config.max_network_bytes)
         if network in self._nets:
             return
@@ -203,8 +204,10 @@ class NetworkDB(Replica):
         if not peers:
             net.synced = True
             self._events.append(NetworkSynced(network, (), ()))
-        for p in peers:
-            net.join_pending.add(p)
+        net.join_pending.update(peers)
+        first = self._rng.sample(peers, min(len(peers), self.config.join_sync_first_wave))
+        net.join_later = sorted(set(peers) - set(first))
+        for p in sorted(first):
             self._start_sync(p, (network,), "join", now)
         self._done()
 

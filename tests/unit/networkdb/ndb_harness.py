@@ -77,6 +77,8 @@ class Cluster:
         self.now = 0.0
         self._seq = 0
         self._inflight: list[tuple[float, int, str, str, bytes, bool]] = []
+        #: lazy heap of node deadlines (validated against next_deadline() when popped)
+        self._timers: list[tuple[float, int, str]] = []
         self.slots: dict[str, _NodeSlot] = {}
         self.group: dict[str, int] = {}
         #: which nodes each node currently believes failed (to heal exactly those verdicts)
@@ -169,6 +171,10 @@ class Cluster:
                 self._schedule(target, name, msg.payload, reliable=msg.reliable)
             else:
                 self.dropped += 1
+        deadline = db.next_deadline()
+        if deadline is not None:
+            self._seq += 1
+            heapq.heappush(self._timers, (deadline, self._seq, name))
         while (ev := db.next_event()) is not None:
             if isinstance(ev, HighWaterRaised):
                 slot.high_water = ev.high_water
@@ -184,22 +190,31 @@ class Cluster:
         for name in self.up:
             self.pump(name)
 
+    def _next_timer(self) -> tuple[float, str] | None:
+        while self._timers:
+            at, _, name = self._timers[0]
+            db = self.slots[name].db
+            if db is not None and db.next_deadline() == at:
+                return at, name
+            heapq.heappop(self._timers)
+        return None
+
     def run_until(self, t: float) -> None:
         self.pump_all()
         while True:
-            nxt = self._inflight[0][0] if self._inflight else None
-            who = None
-            for name in self.up:
-                d = self.db(name).next_deadline()
-                if d is not None and (nxt is None or d < nxt):
-                    nxt, who = d, name
-            if nxt is None or nxt > t:
-                break
-            self.now = max(self.now, nxt)
-            if who is not None:
-                self.db(who).handle_timer(now=self.now)
-                self.pump(who)
+            timer = self._next_timer()
+            msg_at = self._inflight[0][0] if self._inflight else None
+            if timer is not None and (msg_at is None or timer[0] < msg_at):
+                if timer[0] > t:
+                    break
+                heapq.heappop(self._timers)
+                self.now = max(self.now, timer[0])
+                self.db(timer[1]).handle_timer(now=self.now)
+                self.pump(timer[1])
                 continue
+            if msg_at is None or msg_at > t:
+                break
+            self.now = max(self.now, msg_at)
             _, _, dst, src, payload, _ = heapq.heappop(self._inflight)
             if not self.can_talk(src, dst):
                 self.dropped += 1
@@ -294,7 +309,9 @@ class Cluster:
         db = self.db(name)
         for net in slot.saved_networks:
             db.join_network(net, now=self.now)
-        reasserted = [db.put_entry(t, net, key, value, now=self.now) for t, net, key, value in slot.saved_entries]
+        reasserted = [
+            db.put_entry(t, net, key, value, now=self.now) for t, net, key, value in slot.saved_entries
+        ]
         self.believes_failed[name] = set()
         self.knows[name] = set()
         self.pump(name)

@@ -137,3 +137,22 @@ def test_convergence_under_loss_and_churn():
     c.run_for(settle_time(c.config, 5))
     ok, views = converged(c, "net")
     assert ok and views["n0"]
+
+
+def test_join_sync_moves_one_full_copy_then_digests_match():
+    c = Cluster(6, seed=8)
+    for n in c.names[1:]:
+        c.call(n, "join_network", "big")
+    c.run_for(0.5)
+    for i in range(200):
+        c.call("n1", "create_entry", "t", "big", f"k{i}", b"v")
+    c.run_for(c.config.bulk_sync_interval * 6)
+    before = sum(c.db(n).stats().get("bulk_syncs_identical", 0) for n in c.names[1:])
+    c.take_events("n0")
+    c.call("n0", "join_network", "big")
+    c.run_for(1.0)
+    (synced,) = [e for e in c.take_events("n0") if isinstance(e, NetworkSynced) and e.network == "big"]
+    assert synced.peers == ("n1", "n2", "n3", "n4", "n5") and synced.failed == ()
+    assert len(c.view("n0", "big")) == 200
+    after = sum(c.db(n).stats().get("bulk_syncs_identical", 0) for n in c.names[1:])
+    assert after - before >= 3  # the second wave found the joiner's table equal to theirs
