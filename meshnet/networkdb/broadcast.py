@@ -140,15 +140,20 @@ class NetworkQueue:
                 return True
         return False
 
-    def take(self, budget_bytes: int, limit: int) -> tuple[list[QueueItem], list[QueueItem]]:
+    def take(
+        self, budget_bytes: int, limit: int, *, skip: set[Hashable] | None = None
+    ) -> tuple[list[QueueItem], list[QueueItem]]:
         """One batch whose raw sizes sum to at most ``budget_bytes``, plus at most one item too large
-        for any batch. Each item taken counts a transmit and leaves the queue at ``limit`` transmits."""
+        for any batch. Each item taken counts a transmit and leaves the queue at ``limit`` transmits.
+        Keys in ``skip`` (already sent this interval) are passed over; taken keys are added to it."""
         batch: list[QueueItem] = []
         large: list[QueueItem] = []
         room = budget_bytes
         misses = 0
         for bk in sorted(self._buckets):
             for key in reversed(self._buckets[bk]):
+                if skip is not None and key in skip:
+                    continue
                 item = self._items[key]
                 size = len(item.raw)
                 if size > budget_bytes:
@@ -164,6 +169,8 @@ class NetworkQueue:
             if room < 16 or misses > 32:
                 break
         for item in batch + large:
+            if skip is not None:
+                skip.add(item.key)
             self._unfile(item)
             item.transmits += 1
             self.stats.transmitted += 1

@@ -598,8 +598,9 @@ class Replica:
             budget = cfg.packet_budget_bytes - codec.table_events_overhead(
                 self.name, self._cluster_id, network
             )
+            sent: set[Hashable] = set()
             for _ in range(cfg.gossip_packets):
-                batch, large = net.queue.take(budget, limit)
+                batch, large = net.queue.take(budget, limit, skip=sent)
                 if batch:
                     payload = codec.encode_table_events_raw(
                         self.name, self._cluster_id, network, [i.raw for i in batch]

@@ -151,7 +151,7 @@ class NetworkDB(Replica):
         return self._atts.of_network(network) if network is not None else self._atts.all()
 
     def node_state(self, name: str) -> str | None:
-        """ "alive", "failed", "left" or None (unknown) for a node."""
+        """The state of a node in this view: "alive", "failed", "left", or None if unknown."""
         state = self._nodes.state(name)
         return None if state is None else state.value
 

@@ -111,3 +111,13 @@ def test_stats_as_dict():
     q = NetworkQueue(max_len=4)
     q.enqueue("k", (1, "a"), raw(), is_local=True)
     assert q.stats.as_dict()["enqueued"] == 1 and q.local_len == 1
+
+
+def test_skip_set_keeps_one_interval_from_sending_an_item_twice():
+    q = NetworkQueue(max_len=10)
+    q.enqueue("a", (1, "x"), raw(), is_local=True)
+    q.enqueue("b", (2, "x"), raw(), is_local=True)
+    sent: set = set()
+    assert keys(q.take(15, limit=5, skip=sent)[0]) == ["b"]
+    assert keys(q.take(15, limit=5, skip=sent)[0]) == ["a"]
+    assert q.take(15, limit=5, skip=sent) == ([], []) and sent == {"a", "b"}
