@@ -228,6 +228,17 @@ class NetworkDBMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: len(self.c.up) > 2)
     @rule(data=st.data())
+    def restart_with_empty_state(self, data):
+        """An owner comes back under its name with an empty state directory: its old entries must go."""
+        owners = sorted({o for (_, _), (o, v) in self.model.items() if v is not None and self.c.is_up(o)})
+        node = data.draw(st.sampled_from(owners or self.c.up))
+        before = self._live_snapshot()
+        self.c.crash(node)
+        self._check_hidden_not_deleted(before)
+        self._restart(node, False)
+
+    @precondition(lambda self: len(self.c.up) > 2)
+    @rule(data=st.data())
     def leave_cluster(self, data):
         node = data.draw(st.sampled_from(self.c.up))
         self.c.leave(node)
