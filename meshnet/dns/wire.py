@@ -147,7 +147,10 @@ def parse_query(data: bytes) -> Query | None:
         q.needs_full_parse = True
         return q
     if arcount == 1:
-        if off + 11 > end or data[off] != 0:
+        if off + 11 > end:  # no record fits: even a root-owned one needs 11 octets
+            q.rcode = FORMERR
+            return q
+        if data[off] != 0:
             q.needs_full_parse = True
             return q
         rtype, payload, ttl, rdlen = _RR_FIXED.unpack_from(data, off + 1)
