@@ -10,6 +10,7 @@ event (or calls ``receive``/``node_*`` directly) and hands the outputs to Swim:
     broadcasts_to_send()  -> swim.send_user(payload)                      attachment events, cluster-wide
     messages_to_send()    -> swim.send_user_to(m.addr, m.payload, reliable=m.reliable)
                              UDP table gossip and small requests; TCP for bulk/state syncs and big entries
+                             (``flush_to(swim, now=)`` does both)
     next_event()          -> watch events, NetworkSynced, requests/responses, HighWaterRaised, ...
     next_deadline() / handle_timer(now=)
 
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from typing import Protocol
 
 from meshnet.core.clock import DeadlineHeap
 from meshnet.core.errors import DecodeError, LocalProtocolError, RemoteProtocolError
@@ -68,6 +70,11 @@ from .table import TableStore
 from .watch import Watchers, WatchFilter
 
 __all__ = ["NetworkDB", "OutboundMessage"]
+
+
+class _UserSender(Protocol):
+    def send_user(self, payload: bytes, *, now: float) -> None: ...
+    def send_user_to(self, addr: Addr, payload: bytes, *, reliable: bool = False, now: float) -> None: ...
 
 
 class NetworkDB(Replica):
@@ -449,6 +456,15 @@ class NetworkDB(Replica):
         """Payloads for one node each (``swim.send_user_to``)."""
         out, self._messages = self._messages, []
         return out
+
+    def flush_to(self, swim: _UserSender, *, now: float) -> None:
+        """Hand every pending output to a gossip core (``Swim`` or anything with its two user-message
+        methods): broadcasts to ``send_user``, direct messages to ``send_user_to``. Values only; the
+        shell then drains the gossip core as usual."""
+        for payload in self.broadcasts_to_send():
+            swim.send_user(payload, now=now)
+        for m in self.messages_to_send():
+            swim.send_user_to(m.addr, m.payload, reliable=m.reliable, now=now)
 
     def next_event(self) -> NetworkDBEvent | None:
         while self._events:
