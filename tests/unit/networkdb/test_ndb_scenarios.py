@@ -156,3 +156,48 @@ def test_join_sync_moves_one_full_copy_then_digests_match():
     assert len(c.view("n0", "big")) == 200
     after = sum(c.db(n).stats().get("bulk_syncs_identical", 0) for n in c.names[1:])
     assert after - before >= 3  # the second wave found the joiner's table equal to theirs
+
+
+_DETERMINISM_SCRIPT = """
+import hashlib
+from tests.unit.networkdb.ndb_harness import Cluster
+c = Cluster(5, seed=3, loss=0.2)
+for n in c.names:
+    c.call(n, "join_network", "a")
+for i in range(40):
+    n = c.names[i % 5]
+    if c.is_up(n) and "a" in c.db(n).networks():
+        c.call(n, "put_entry", "t", "a", f"k{i % 7}", str(i).encode())
+    if i == 10:
+        c.partition(["n1", "n2"])
+    if i == 20:
+        c.crash("n3")
+    if i == 30:
+        c.heal()
+        c.restart("n3", state=False)
+    c.run_for(0.37)
+c.settle()
+state = [(n, sorted(c.view(n, "a").items()), sorted(c.db(n).stats().items())) for n in c.names]
+print(hashlib.sha256(repr((state, c.delivered)).encode()).hexdigest())
+"""
+
+
+def test_same_seed_same_run_whatever_the_hash_seed():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    outs = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": root}
+        run = subprocess.run(
+            [sys.executable, "-c", _DETERMINISM_SCRIPT],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        outs.add(run.stdout.strip())
+    assert len(outs) == 1
