@@ -226,11 +226,12 @@ class ResolverStats:
 class _Entry:
     """A rendered cluster answer: rcode, answer records (wire, owner 0xC00C), additional records."""
 
-    __slots__ = ("rcode", "answers", "additional", "resolution")
+    __slots__ = ("rcode", "answers", "groups", "additional", "resolution")
 
     def __init__(self, rcode: int, answers: list[bytes], additional: list[bytes], resolution) -> None:
         self.rcode = rcode
         self.answers = answers
+        self.groups: list[list[bytes]] | None = None  # per-type runs when several types (ANY), else None
         self.additional = additional
         self.resolution = resolution
 
@@ -341,7 +342,7 @@ class Resolver:
             self.stats.dropped_responses += 1
             return None
         if q.needs_full_parse or not self._config.fast_path:
-            return self._receive_full(data, client, transport, now)
+            return self._receive_full(data, q, client, transport, now)
         if q.rcode:
             return self._error(q, q.rcode, client, transport)
         return self._handle(q, data, client, transport, now, None)
@@ -410,17 +411,20 @@ class Resolver:
 
     # ---------------------------------------------------------------- queries
 
-    def _receive_full(self, data: bytes, client: Hashable, transport: Transport, now: float):
-        """The reference path: dnspython parses the query (and renders its answer in ``_render_full``)."""
-        query_id, flags = HEADER.unpack_from(data)[:2]
+    def _receive_full(self, data: bytes, fast: Query, client: Hashable, transport: Transport, now: float):
+        """The reference path: dnspython parses the query (and renders its answer in ``_render_full``).
+
+        ``fast`` is what the fast parser read: its question goes into error replies when dnspython fails.
+        """
+        query_id, flags = fast.id, fast.flags
         try:
             msg = dns.message.from_wire(data)
         except dns.message.UnknownTSIGKey:
             self.stats.notauth += 1
-            return Reply(client, transport, error_reply(query_id, flags, _NOTAUTH))
+            return Reply(client, transport, error_reply(query_id, flags, _NOTAUTH, question=fast.question))
         except Exception:  # noqa: BLE001 - remote garbage: any decoder failure is a format error
             self.stats.formerr += 1
-            return Reply(client, transport, error_reply(query_id, flags, FORMERR))
+            return Reply(client, transport, error_reply(query_id, flags, FORMERR, question=fast.question))
         q = Query(query_id, flags)
         if len(msg.question) == 1:
             rrset = msg.question[0]
@@ -488,13 +492,24 @@ class Resolver:
         if resolution.status is Status.NXDOMAIN:
             return _Entry(NXDOMAIN, [], [], resolution)
         cfg = self._config
-        answers = [render_rr(rr, cfg.vip_ttl if rr.is_stable else cfg.ttl) for rr in resolution.answer]
+        by_type: dict[int, list[bytes]] = {}
+        for rr in resolution.answer:
+            by_type.setdefault(rr.rtype, []).append(render_rr(rr, cfg.vip_ttl if rr.is_stable else cfg.ttl))
         extra = [render_rr(rr, cfg.vip_ttl if rr.is_stable else cfg.ttl) for rr in resolution.additional]
-        return _Entry(NOERROR, answers, extra, resolution)
+        entry = _Entry(NOERROR, [b for group in by_type.values() for b in group], extra, resolution)
+        if len(by_type) > 1:  # keep each RRset contiguous; shuffle within it
+            entry.groups = list(by_type.values())
+        return entry
 
     def _render_fast(self, entry: _Entry, q: Query) -> bytes:
         answers = entry.answers
-        if len(answers) > 1:
+        if entry.groups is not None:
+            answers = []
+            for group in entry.groups:
+                group = group.copy()
+                self._rng.shuffle(group)
+                answers.extend(group)
+        elif len(answers) > 1:
             answers = answers.copy()
             self._rng.shuffle(answers)
         flags = QR | AA | (q.flags & (RD | CD)) | (RA if self._upstreams else 0) | entry.rcode
