@@ -3,7 +3,7 @@
 - random bytes, and truncations, bit flips and splices of valid queries, never raise out of
   ``Resolver.receive_query`` (fast path and dnspython path); every reply parses with dnspython, is a
   response, carries the query's id, and echoes the query's question byte for byte whenever the fast
-  parser could read one;
+  parser could read one; every query lands in exactly one outcome counter (none is dropped silently);
 - well-formed queries for cluster and foreign names (any case, with or without EDNS0 and options) get
   replies that fit the client's UDP limit; the fast path and the dnspython path give the same message;
 - garbage from upstreams never raises out of ``receive_upstream``/``upstream_failed``/``handle_timer`` and
@@ -150,11 +150,34 @@ def check_reply(data: bytes, out: object) -> None:
         assert len(out.data) <= max(512, q.udp_limit()) or out.transport is Transport.TCP
 
 
+OUTCOMES = (
+    "answered",
+    "forwarded",
+    "duplicates",
+    "refused_over_limit",
+    "refused_no_upstream",
+    "refused_policy",
+    "formerr",
+    "notimp",
+    "badvers",
+    "notauth",
+    "dropped_short",
+    "dropped_responses",
+)
+
+
+def check_accounted(r: Resolver) -> None:
+    """Every query ended in exactly one outcome counter: nothing is dropped silently."""
+    stats = r.stats.as_dict()
+    assert sum(stats[k] for k in OUTCOMES) == stats["queries"]
+
+
 @FUZZ
 @given(data=st.binary(max_size=600), fast=st.booleans())
 def test_random_bytes_never_raise(data, fast):
     r = resolver(fast=fast)
     check_reply(data, r.receive_query(data, client="c", transport=Transport.UDP, now=0.0))
+    check_accounted(r)
 
 
 @FUZZ
@@ -163,6 +186,8 @@ def test_mangled_queries_never_raise_and_replies_echo_id_and_question(data, fast
     r = resolver(fast=fast)
     transport = Transport.TCP if tcp else Transport.UDP
     check_reply(data, r.receive_query(data, client="c", transport=transport, now=0.0))
+    check_reply(data, r.receive_query(data, client="c", transport=transport, now=0.0))  # a retransmission
+    check_accounted(r)
 
 
 @FAST
