@@ -68,7 +68,6 @@ __all__ = [
     "NameTable",
     "normalize_name",
     "parse_reverse_name",
-    "reverse_name",
     "A",
     "PTR",
     "AAAA",
@@ -286,11 +285,6 @@ def parse_reverse_name(name: str) -> tuple[int, int, int] | None:
             digit = int(label, 16)
         value = (value << per_label) | digit
     return version, value, per_label * len(labels)
-
-
-def reverse_name(address: IPAddress) -> str:
-    """The PTR owner name of ``address`` (normalized, no trailing dot)."""
-    return address.reverse_pointer
 
 
 class NameTable:

@@ -443,6 +443,7 @@ class Resolver:
         return self._handle(q, data, client, transport, now, msg)
 
     def _handle(self, q: Query, data: bytes, client: Hashable, transport: Transport, now: float, msg):
+        """Policy, then a local answer or a forward. ``msg``: dnspython's parse (render with it), or None."""
         if (q.qclass != CLASS_IN and q.qclass != CLASS_ANY) or q.qtype in _POLICY_REFUSED_TYPES:
             self.stats.refused_policy += 1
             return Reply(client, transport, self._error_wire(q, REFUSED))
