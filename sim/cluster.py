@@ -143,6 +143,8 @@ class Cluster:
         self.violations: list[str] = []
         #: When the network last stopped being faulty (heal, loss off), for safety grace periods.
         self.last_net_fault_end_us = 0
+        #: Optional ``fn(src, dst, data) -> data | None`` applied to every datagram sent (None drops it).
+        self.datagram_filter: Callable[[SimNode, SimNode, bytes], bytes | None] | None = None
         #: Virtual stream endpoints: an address that is no node, answered by ``fn(src_node, data, now)``.
         self.endpoints: dict[Addr, Callable[[SimNode, bytes, float], bytes | None]] = {}
         self.unknown_dst = 0
@@ -378,6 +380,10 @@ class Cluster:
                 if dst is None:
                     self.unknown_dst += 1
                     continue
+                if self.datagram_filter is not None:
+                    data = self.datagram_filter(node, dst, data)
+                    if data is None:
+                        continue
                 for d in net.datagram_delays(node.idx, dst.idx, len(data)):
                     push(t + d, k, dst, (node.idx, data))
         if out.streams:
