@@ -45,8 +45,8 @@ settings.register_profile(
     "gossip-machine-ci",
     derandomize=True,
     deadline=None,
-    max_examples=25,
-    stateful_step_count=20,
+    max_examples=50,
+    stateful_step_count=25,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
