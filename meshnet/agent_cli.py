@@ -7,10 +7,19 @@
 Settings come from a TOML file (``--config FILE``, else ``/etc/meshnet/agent.toml`` if it exists) and
 from flags; flags win. Every setting is checked before anything starts: a bad flag or config value is
 one line on stderr naming the fix, and exit code 2. SIGTERM/SIGINT leave the cluster gracefully and
-exit 0. Logs go to stderr, one line per membership event.
+exit 0. Logs go to stderr, one line per membership event. The agent runs NetworkDB beside the gossip
+layer in every mode, ``--dataplane none`` included.
+
+``--state-dir`` (default ``/var/lib/meshnet/NAME``) keeps what a restart needs: the NetworkDB Lamport
+high-water mark, the cluster id, the joined networks and this node's own entries
+(``meshnet/runtime/state.py``). Restarted with the same directory the agent re-asserts the entries it
+owns; restarted with an empty one, its old entries are deleted cluster-wide. One agent per directory
+(it is locked); tests and throwaway clusters pass a temporary directory. If the directory cannot be
+written while running, the agent stops with exit code 1.
 
 The config file uses the flag names (``state_dir`` for ``--state-dir``, ``join`` a list, ``tags`` a
-table) plus an optional ``[gossip]`` table overriding fields of the chosen profile, e.g.::
+table) plus optional ``[gossip]`` and ``[networkdb]`` tables overriding fields of the chosen profile
+(``meshnet/gossip/config.py``, ``meshnet/networkdb/config.py``), e.g.::
 
     name = "host-a"
     bind = "10.0.0.5:7946"
@@ -20,6 +29,8 @@ table) plus an optional ``[gossip]`` table overriding fields of the chosen profi
     role = "web"
     [gossip]
     probe_interval = 0.5
+    [networkdb]
+    gossip_interval = 0.1
 """
 
 from __future__ import annotations
@@ -37,12 +48,19 @@ from typing import Any, NoReturn
 
 from meshnet.core.errors import ConfigError
 from meshnet.gossip import config as gossip_config
+from meshnet.networkdb import config as networkdb_config
 
 __all__ = ["main", "build_settings", "parse_addr", "DEFAULT_CONFIG_PATH"]
 
 DEFAULT_CONFIG_PATH = "/etc/meshnet/agent.toml"
 DEFAULT_PORT = 7946
 PROFILES = {"lan": gossip_config.lan, "wan": gossip_config.wan, "local": gossip_config.local}
+NETWORKDB_PROFILES = {
+    "lan": networkdb_config.lan,
+    "wan": networkdb_config.wan,
+    "local": networkdb_config.local,
+}
+DEFAULT_STATE_ROOT = "/var/lib/meshnet"  # same as meshnet.runtime.state.DEFAULT_STATE_ROOT
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CONFIG_KEYS = {
     "name",
@@ -57,6 +75,7 @@ CONFIG_KEYS = {
     "state_dir",
     "log_level",
     "gossip",
+    "networkdb",
 }
 PROG = "meshnet-agent"
 
@@ -69,7 +88,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Run the meshnet agent (gossip membership; overlay to come).")
+    parser = _Parser(
+        prog=PROG, description="Run the meshnet agent (gossip membership and NetworkDB; overlay to come)."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     run = sub.add_parser(
@@ -101,7 +122,11 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--tag", metavar="K=V", action="append", help="a serf tag advertised in node meta; repeat for more"
     )
-    run.add_argument("--state-dir", metavar="DIR", help="directory for persisted state (created if missing)")
+    run.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help=f"directory for persisted state, created if missing (default: {DEFAULT_STATE_ROOT}/NAME)",
+    )
     run.add_argument("--log-level", choices=LOG_LEVELS, help="stderr log level (default: info)")
     return parser
 
@@ -179,16 +204,18 @@ def _typed(path: str, key: str, value: Any, kind: type | tuple[type, ...], what:
 
 
 def _gossip_overrides(path: str, table: Any) -> dict[str, Any]:
+    return _overrides(path, table, "gossip", gossip_config.GossipConfig, "meshnet/gossip/config.py")
+
+
+def _overrides(path: str, table: Any, section: str, cls: type, source: str) -> dict[str, Any]:
     if not isinstance(table, dict):
-        raise ConfigError(f"config file {path}: [gossip] must be a table of GossipConfig fields")
-    fields = {f.name: f for f in dataclasses.fields(gossip_config.GossipConfig)}
+        raise ConfigError(f"config file {path}: [{section}] must be a table of {cls.__name__} fields")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     overrides: dict[str, Any] = {}
     for key, value in table.items():
         if key not in fields:
-            raise ConfigError(
-                f"config file {path}: unknown [gossip] field {key!r}; see meshnet/gossip/config.py"
-            )
-        default = getattr(gossip_config.GossipConfig(), key)
+            raise ConfigError(f"config file {path}: unknown [{section}] field {key!r}; see {source}")
+        default = getattr(cls(), key)
         if isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, int):
@@ -197,15 +224,16 @@ def _gossip_overrides(path: str, table: Any) -> dict[str, Any]:
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             value = float(value) if ok else value
         if not ok:
-            raise ConfigError(f"config file {path}: [gossip] {key} must be a {type(default).__name__}")
+            raise ConfigError(f"config file {path}: [{section}] {key} must be a {type(default).__name__}")
         overrides[key] = value
     return overrides
 
 
-def build_settings(args: argparse.Namespace) -> tuple[Any, str, str | None]:
+def build_settings(args: argparse.Namespace) -> tuple[Any, str, str]:
     """Validate flags + config file into (AgentSettings, log level, state dir). Raises ConfigError."""
     from meshnet.runtime.agent import AgentSettings
     from meshnet.runtime.api import DEFAULT_API_PATH
+    from meshnet.runtime.db import DbSettings
     from meshnet.runtime.tags import encode_tags
 
     file, path = _load_config_file(args.config)
@@ -232,6 +260,16 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, str, str | None]:
     config = PROFILES[profile]()
     if "gossip" in file:
         config = config.with_(**_gossip_overrides(where, file["gossip"]))
+    ndb_config = NETWORKDB_PROFILES[profile]()
+    if "networkdb" in file:
+        overrides = _overrides(
+            where,
+            file["networkdb"],
+            "networkdb",
+            networkdb_config.NetworkDBConfig,
+            "meshnet/networkdb/config.py",
+        )
+        ndb_config = ndb_config.with_(**overrides)
 
     log_level = pick(args.log_level, "log_level") or "info"
     if log_level not in LOG_LEVELS:
@@ -278,8 +316,8 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, str, str | None]:
 
     api_path = pick(args.api, "api") or DEFAULT_API_PATH
 
-    state_dir = pick(args.state_dir, "state_dir")
-    if state_dir is not None and os.path.exists(state_dir) and not os.path.isdir(state_dir):
+    state_dir = pick(args.state_dir, "state_dir") or os.path.join(DEFAULT_STATE_ROOT, name)
+    if os.path.exists(state_dir) and not os.path.isdir(state_dir):
         raise ConfigError(f"--state-dir {state_dir} exists and is not a directory; pass another --state-dir")
 
     settings = AgentSettings(
@@ -291,6 +329,7 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, str, str | None]:
         meta=meta,
         keyring=keyring,
         api_path=api_path,
+        networkdb=DbSettings(config=ndb_config, state_dir=state_dir),
     )
     return settings, log_level, state_dir
 
@@ -318,13 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         settings, log_level, state_dir = build_settings(args)
-        if state_dir is not None:
-            try:
-                os.makedirs(state_dir, mode=0o700, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot create --state-dir {state_dir}: {exc.strerror}; pass another --state-dir"
-                ) from None
+        try:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create --state-dir {state_dir}: {exc.strerror}; pass another --state-dir"
+            ) from None
     except ConfigError as exc:
         return _fail(str(exc))
 
@@ -336,11 +374,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     import trio
 
     from meshnet.runtime.agent import serve_agent
+    from meshnet.runtime.db import StateWriteError
 
     try:
         trio.run(serve_agent, settings)
     except ConfigError as exc:
         return _fail(str(exc))
+    except StateWriteError as exc:
+        return _fail(f"stopped: {exc}", 1)
     except BaseExceptionGroup as group:
         # A bind failure surfaces from the agent's nursery wrapped in a group: report it as one line.
         leaves = _leaves(group)

@@ -1,8 +1,9 @@
 """A loopback demo of the gossip cluster: ``python -m meshnet.demo [--nodes 3] [--keep]``.
 
 Starts N ``meshnet-agent`` processes on 127.0.0.21, 127.0.0.22, ... (``--dataplane none``, API sockets
-in a temporary directory), waits until every agent sees all N members alive, prints ``meshnetctl
-members`` from the first one, then stops them by PID with SIGTERM (they leave gracefully) and removes
+and state directories in a temporary directory), waits until every agent sees all N members alive,
+prints ``meshnetctl members`` from the first one, writes a NetworkDB entry on the first agent and lists
+it on the last one once it arrived, then stops them by PID with SIGTERM (they leave gracefully) and removes
 the temporary directory. It cleans up on failure and on Ctrl-C too. With ``--keep`` the agents keep
 running and the demo prints how to talk to them and how to stop them. Nothing leaves loopback.
 """
@@ -43,6 +44,7 @@ class Agent:
 def _agent_argv(name: str, ip: str, port: int, api: Path, seed: str | None, profile: str) -> list[str]:
     argv = [sys.executable, "-m", "meshnet.agent_cli", "run", "--name", name, "--bind", f"{ip}:{port}"]
     argv += ["--dataplane", "none", "--api", str(api), "--profile", profile, "--tag", "demo=yes"]
+    argv += ["--state-dir", str(api.parent / f"{name}.state")]
     argv += ["--tag", f"index={name.rsplit('-', 1)[-1]}"]
     if seed is not None:
         argv += ["--join", seed]
@@ -109,6 +111,27 @@ def _stop(agents: Sequence[Agent]) -> None:
         agent.log_file.close()
 
 
+def _show_networkdb(writer: Agent, reader: Agent, agents: Sequence[Agent], timeout: float) -> None:
+    """Write one entry of the global table ``demo`` on ``writer``; list it on ``reader`` once it arrived."""
+    argv = ["--api", str(writer.api), "db", "put", "-", "demo", "greeting", f"hello from {writer.name}"]
+    print(f"\n$ meshnetctl {' '.join(argv[:6])} greeting 'hello from {writer.name}'")
+    sys.stdout.flush()
+    if ctl.main(argv) != 0:
+        raise RuntimeError("meshnetctl db put failed")
+
+    def arrived() -> bool:
+        try:
+            ctl.call(str(reader.api), "GET", "/v1/db/-/demo/greeting", timeout=5)
+        except (ctl.AgentUnreachable, ctl.AgentError):
+            return False
+        return True
+
+    _wait_until(arrived, timeout, f"the entry to reach {reader.name}", agents)
+    print(f"\n$ meshnetctl --api {reader.api} db ls - demo")
+    sys.stdout.flush()
+    ctl.main(["--api", str(reader.api), "db", "ls", "-", "demo"])
+
+
 def _log_tail(agent: Agent, lines: int = 15) -> str:
     try:
         text = agent.log_path.read_text(errors="replace").splitlines()[-lines:]
@@ -153,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n$ meshnetctl --api {first.api} members")
         sys.stdout.flush()
         ctl.main(["--api", str(first.api), "members"])
+        _show_networkdb(first, agents[-1], agents, args.timeout)
         ok = True
         if args.keep:
             print("\nthe agents keep running:")

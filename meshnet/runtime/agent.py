@@ -1,8 +1,9 @@
-"""What ``meshnet-agent run`` runs: one node, its API, and graceful leave on SIGTERM/SIGINT.
+"""What ``meshnet-agent run`` runs: one node with NetworkDB, its API, and graceful leave on SIGTERM/SIGINT.
 
 The first SIGTERM or SIGINT starts a graceful leave (bounded by ``leave_timeout``), then the agent
 stops; a second signal during the leave stops it at once. ``POST /v1/leave`` does the same through
-the API.
+the API. If the state directory cannot be written the node stops itself and ``serve_agent`` raises
+``StateWriteError``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import trio
 
 from meshnet.gossip.config import GossipConfig
+from meshnet.runtime.db import DbSettings, StateWriteError
 from meshnet.runtime.node import Addr, Node
 
 __all__ = ["AgentSettings", "serve_agent"]
@@ -36,6 +38,8 @@ class AgentSettings:
     meta: bytes = b""
     keyring: Any = None
     api_path: str | None = None
+    #: NetworkDB beside the gossip core (None: gossip only).
+    networkdb: DbSettings | None = None
 
 
 async def serve_agent(settings: AgentSettings, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -51,6 +55,7 @@ async def serve_agent(settings: AgentSettings, *, task_status: Any = trio.TASK_S
         seeds=settings.seeds,
         meta=settings.meta,
         keyring=settings.keyring,
+        networkdb=settings.networkdb,
     )
     # Receive signals before binding, so a SIGTERM during start-up is a leave, not a traceback.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -62,6 +67,8 @@ async def serve_agent(settings: AgentSettings, *, task_status: Any = trio.TASK_S
             task_status.started(bound)
             await node.wait_stopped()
             nursery.cancel_scope.cancel()
+    if node.fatal is not None:
+        raise StateWriteError(node.fatal)
 
 
 async def _handle_signals(signals: Any, node: Node, nursery: trio.Nursery) -> None:

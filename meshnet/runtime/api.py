@@ -1,15 +1,16 @@
 """The agent's local control API: HTTP/1.1 + JSON on a unix socket (mode 0600).
 
 Theory of operation: one request per connection. The server reads the head (at most 16 KiB, ended by
-an empty line), then a ``Content-Length`` body (at most 64 KiB), all within ``REQUEST_TIMEOUT``; it
+an empty line), then a ``Content-Length`` body (at most 256 KiB), all within ``REQUEST_TIMEOUT``; it
 answers with ``Connection: close`` and closes. There is no keep-alive, no chunked request bodies (501)
 and no pipelining, which keeps the parser small enough to read whole: ``parse_head`` is a pure
 function over bytes that raises ``ApiError`` for anything malformed, so a bad request gets a 4xx JSON
 error and never reaches a handler, let alone crashes the agent. h11 would buy keep-alive and chunked
 bodies, which a local CLI does not need.
 
-Routes (``ROUTES``): ``GET /v1/members``, ``GET /v1/agent``, ``POST /v1/leave``. Errors are
-``{"code": ..., "message": ...}`` with the status of the ``ApiError``.
+Routes (``ROUTES``): ``GET /v1/members``, ``GET /v1/agent``, ``POST /v1/leave``, and NetworkDB's
+``/v1/db/...`` (``db_api.py``). Errors are ``{"code": ..., "message": ...}`` with the status of the
+``ApiError``.
 
 The socket is created under a 0177 umask and then chmod'ed 0600, so it is never reachable by other users,
 not even for an instant. A stale socket file (nobody answers) is replaced; a live one is refused.
@@ -48,7 +49,8 @@ log = logging.getLogger("meshnet.api")
 
 DEFAULT_API_PATH = "/run/meshnet/agent.sock"
 MAX_HEAD_BYTES = 16 * 1024
-MAX_BODY_BYTES = 64 * 1024
+#: A NetworkDB value of max_value_bytes (64 KiB) in base64 inside JSON fits with room to spare.
+MAX_BODY_BYTES = 256 * 1024
 REQUEST_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64
 
@@ -242,6 +244,7 @@ def agent_json(node: Any) -> dict[str, Any]:
         "uptime_seconds": round(uptime, 3),
         "members": counts,
         "stats": {"gossip": node.gossip_stats(), "runtime": dict(node.stats)},
+        "networkdb": node.db is not None,
     }
 
 
@@ -270,9 +273,13 @@ async def handle_request(node: Any, request: Request) -> Response:
     """Route one parsed request; ApiError becomes its JSON error, any other exception a 500."""
     try:
         methods = ROUTES.get(request.path)
+        if methods is None and (request.path == "/v1/db" or request.path.startswith("/v1/db/")):
+            from meshnet.runtime import db_api
+
+            return await db_api.handle(node, request)
         if methods is None:
             known = ", ".join(f"{m} {p}" for p, ms in ROUTES.items() for m in ms)
-            raise ApiError(404, "not_found", f"no such endpoint {request.path}; known: {known}")
+            raise ApiError(404, "not_found", f"no such endpoint {request.path}; known: {known}, /v1/db/...")
         handler = methods.get(request.method)
         if handler is None:
             allowed = ", ".join(methods)

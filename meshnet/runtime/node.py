@@ -17,6 +17,12 @@ Theory of operation (docs/gossip-core.md, "How a driver drives it"):
 - Graceful leave: ``leave()`` asks the core to leave and waits for ``LeaveCompleted`` (bounded by
   ``leave_timeout``); ``stop()`` then cancels the nursery. Cancelling ``run`` without a leave is a crash
   as far as peers can tell: they detect the node failed.
+- NetworkDB (``networkdb=DbSettings(...)``, see ``db.py``): the NetworkDB core rides on Swim's user
+  messages. Every step then drains the pair with ``drive.drain_stacked`` (the timer with
+  ``fire_due_stacked``), and ``_dispatch`` hands NetworkDB's events to ``DbShell.handle_events`` before it
+  sends anything, so a raised Lamport high-water mark is on disk first; if that write fails the node stops
+  (``fatal``) without sending. Once the node is leaving, NetworkDB's outputs are dropped (Swim accepts no
+  more user messages). The state directory is opened and locked before the sockets are bound.
 """
 
 from __future__ import annotations
@@ -32,12 +38,14 @@ from typing import Any, TypeVar
 
 import trio
 
-from meshnet.core.drive import Outputs, drain, fire_due
+from meshnet.core.drive import Outputs, drain, drain_stacked, fire_due, fire_due_stacked
 from meshnet.core.errors import ConfigError, DecodeError
 from meshnet.gossip import events as ev
 from meshnet.gossip.config import GossipConfig
 from meshnet.gossip.swim import Swim
 from meshnet.runtime import api
+from meshnet.runtime.db import DbSettings, DbShell, StateWriteError
+from meshnet.runtime.state import StateDir
 
 __all__ = ["Addr", "Node", "run_node", "MAX_STREAM_FRAME_BYTES"]
 
@@ -88,6 +96,7 @@ class Node:
         on_event: Callable[[Any], None] | None = None,
         retry_join_interval: float = 1.0,
         retry_join_max_interval: float = 30.0,
+        networkdb: DbSettings | None = None,
     ) -> None:
         if not name:
             raise ConfigError("a node needs a non-empty name; pass --name")
@@ -107,15 +116,24 @@ class Node:
         self._on_event = on_event
         self._retry_join_interval = retry_join_interval
         self._retry_join_max_interval = retry_join_max_interval
+        self._db_settings = networkdb
 
         #: The core, created once the sockets are bound (its address needs the bound port).
         self.swim: Any = None
+        #: NetworkDB beside the core (``networkdb=`` given), created with it.
+        self.db: DbShell | None = None
+        #: Why the node stopped itself (a state write failed), else None.
+        self.fatal: str | None = None
         #: (ip, port) actually bound, set before ``run`` reports started.
         self.bound_addr: Addr | None = None
         self.started_at: float | None = None
         self.stats: dict[str, int] = {
             "udp_received": 0,
             "udp_sent": 0,
+            "udp_bytes_received": 0,
+            "udp_bytes_sent": 0,
+            "tcp_bytes_received": 0,
+            "tcp_bytes_sent": 0,
             "udp_send_errors": 0,
             "udp_receive_errors": 0,
             "udp_queue_dropped": 0,
@@ -177,7 +195,17 @@ class Node:
         Raises ConfigError (message names the fix) if the gossip address or the API path cannot be bound;
         nothing is started then.
         """
-        udp, tcp = await _bind_udp_and_tcp(self.bind)
+        state = loaded = None
+        if self._db_settings is not None and self._db_settings.state_dir is not None:
+            state = StateDir.open(self._db_settings.state_dir, self.name)
+        try:
+            if state is not None:
+                loaded = state.load()
+            udp, tcp = await _bind_udp_and_tcp(self.bind)
+        except BaseException:
+            if state is not None:
+                state.close()
+            raise
         api_sock = None
         try:
             if api_path is not None:
@@ -195,6 +223,17 @@ class Node:
                 rng=self.rng,
                 now=now,
             )
+            if self._db_settings is not None:
+                # Restores persisted state right after construction, before any input (README).
+                self.db = DbShell(
+                    self._db_settings,
+                    name=self.name,
+                    rng=random.Random(self.rng.getrandbits(64)),
+                    now=now,
+                    has_seeds=bool(self.seeds),
+                    state=state,
+                    loaded=loaded,
+                )
             log.info(
                 "agent %s listening on %s:%d (udp+tcp), advertising %s:%d",
                 self.name,
@@ -207,13 +246,15 @@ class Node:
                 nursery.start_soon(self._udp_receive_loop)
                 nursery.start_soon(self._tcp_accept_loop, tcp)
                 nursery.start_soon(self._timer_loop)
+                if self.db is not None and self.db.state is not None:
+                    nursery.start_soon(self.db.run_persister)
                 if api_sock is not None:
                     await nursery.start(api.serve_api, api_sock, self, api_path)
                 if self.seeds:
                     self._join()
                     nursery.start_soon(self._retry_join_loop)
                 else:
-                    self._dispatch(drain(self.swim))
+                    self._dispatch(self._drain(trio.current_time()))
                 task_status.started(self.bound_addr)
         finally:
             self._nursery = None
@@ -222,6 +263,10 @@ class Node:
             tcp.close()
             if api_sock is not None:
                 api_sock.close()
+            if self.db is not None:
+                self.db.flush_now()
+            if state is not None:
+                state.close()
 
     def stop(self) -> None:
         """Stop every task and close the sockets (no leave: call ``leave()`` first for that)."""
@@ -269,10 +314,49 @@ class Node:
             # A core must never raise on remote input; if it does anyway the node keeps running.
             self.stats["core_errors"] += 1
             log.exception("gossip core raised on an input (counted as core_errors)")
-        self._dispatch(drain(self.swim))
+        self._dispatch(self._drain(now))
         return result
 
+    def db_input(self, call: Callable[[float], T]) -> T:
+        """Give the NetworkDB core one local input (an API request) and dispatch the outcome.
+
+        The core's ``LocalProtocolError`` propagates (the core changed nothing then)."""
+        if self.db is None or self.swim is None:
+            raise RuntimeError("this node does not run NetworkDB")
+        now = trio.current_time()
+        try:
+            return call(now)
+        finally:
+            self._dispatch(self._drain(now))
+
+    def _drain(self, now: float) -> Outputs:
+        if self.db is None:
+            return drain(self.swim)
+        try:
+            return drain_stacked(self.swim, self.db.core, now=now, mute_rider=self.is_leaving)
+        except Exception:
+            self.stats["core_errors"] += 1
+            log.exception("a core raised while draining (counted as core_errors)")
+            return drain(self.swim)
+
+    def _fire_due(self, now: float) -> Outputs:
+        if self.db is None:
+            return fire_due(self.swim, now)
+        return fire_due_stacked(self.swim, self.db.core, now, mute_rider=self.is_leaving)
+
     def _dispatch(self, out: Outputs) -> None:
+        if self.fatal is not None:
+            return
+        if self.db is not None and out.rider_events:
+            try:
+                self.db.handle_events(out.rider_events)
+            except StateWriteError as exc:
+                # The Lamport high-water mark must be on disk before this step's outputs are sent:
+                # stop instead of sending (peers see a crash; the state directory stays consistent).
+                self.fatal = str(exc)
+                log.critical("%s; stopping without sending", exc)
+                self.stop()
+                return
         for addr, data in out.datagrams:
             try:
                 self._dgram_send.send_nowait((addr, data))
@@ -295,11 +379,11 @@ class Node:
             self._timer_scope = None
             now = trio.current_time()
             try:
-                out = fire_due(self.swim, now)
+                out = self._fire_due(now)
             except Exception:
                 self.stats["core_errors"] += 1
-                log.exception("gossip core raised in handle_timer (counted as core_errors)")
-                out = drain(self.swim)
+                log.exception("a core raised in handle_timer (counted as core_errors)")
+                out = self._drain(now)
             self._dispatch(out)
 
     # -- UDP --
@@ -316,6 +400,7 @@ class Node:
                 await trio.sleep(0.01)
                 continue
             self.stats["udp_received"] += 1
+            self.stats["udp_bytes_received"] += len(data)
             self._feed(functools.partial(self._receive_datagram, (src[0], src[1]), data))
 
     def _receive_datagram(self, peer: Addr, data: bytes, now: float) -> None:
@@ -332,6 +417,7 @@ class Node:
                 log.debug("udp send to %s:%s failed: %s", addr[0], addr[1], exc)
             else:
                 self.stats["udp_sent"] += 1
+                self.stats["udp_bytes_sent"] += len(data)
             finally:
                 self._udp_sending = False
 
@@ -388,9 +474,11 @@ class Node:
                 stream = await trio.open_tcp_stream(request.addr[0], request.addr[1])
                 async with stream:
                     await stream.send_all(request.data)
+                    self.stats["tcp_bytes_sent"] += len(request.data)
                     if request.expect_reply:
                         reply = await self._read_frame(stream)
                         ok = reply is not None
+                        self.stats["tcp_bytes_received"] += len(reply or b"")
                         reason = "closed without a reply"
                     else:
                         ok = True
@@ -437,9 +525,11 @@ class Node:
                         frame = await self._read_frame(stream)
                         if frame is None:
                             return
+                        self.stats["tcp_bytes_received"] += len(frame)
                         reply = self._feed(lambda now: self.swim.receive_stream(peer, frame, now=now))
                         if reply:
                             await stream.send_all(reply)
+                            self.stats["tcp_bytes_sent"] += len(reply)
                     except DecodeError as exc:
                         self.stats["tcp_in_garbage"] += 1
                         log.debug("garbage tcp stream from %s:%s: %s", *peer, exc)

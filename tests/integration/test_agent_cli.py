@@ -74,6 +74,7 @@ class Agents:
         api = self.workdir / f"{name}.sock"
         log = self.workdir / f"{name}.log"
         argv = [AGENT, "run", "--name", name, "--bind", f"{ip}:{port}", "--api", str(api)]
+        argv += ["--state-dir", str(self.workdir / f"{name}.state")]
         argv += ["--dataplane", "none", "--profile", "local", "--tag", f"role=r-{name}", "--tag", "dc=lab"]
         for seed in join:
             argv += ["--join", seed]
@@ -203,7 +204,8 @@ def run_agent(*args: str, timeout: float = 15) -> subprocess.CompletedProcess:
 )
 def test_bad_flags_are_one_line_exit_2_and_nothing_starts(tmp_path: Path, args, needle):
     api = tmp_path / "never.sock"
-    out = run_agent(*args, "--api", str(api)) if args[0] == "run" else run_agent(*args)
+    state = ["--state-dir", str(tmp_path / "state")]
+    out = run_agent(*args, "--api", str(api), *state) if args[0] == "run" else run_agent(*args)
     assert out.returncode == 2, out
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
@@ -224,7 +226,9 @@ def test_bad_flags_are_one_line_exit_2_and_nothing_starts(tmp_path: Path, args, 
 def test_bad_config_file_is_one_line_exit_2(tmp_path: Path, toml, needle):
     cfg = tmp_path / "agent.toml"
     cfg.write_text(toml)
-    out = run_agent("run", "--config", str(cfg), "--api", str(tmp_path / "a.sock"))
+    out = run_agent(
+        "run", "--config", str(cfg), "--api", str(tmp_path / "a.sock"), "--state-dir", str(tmp_path / "s")
+    )
     assert out.returncode == 2, out
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], out.stderr
@@ -237,7 +241,15 @@ def test_port_in_use_is_one_line_exit_2(tmp_path: Path):
         holder.bind(("127.0.0.58", 0))
         port = holder.getsockname()[1]
         out = run_agent(
-            "run", "--name", "x", "--bind", f"127.0.0.58:{port}", "--api", str(tmp_path / "a.sock")
+            "run",
+            "--name",
+            "x",
+            "--bind",
+            f"127.0.0.58:{port}",
+            "--api",
+            str(tmp_path / "a.sock"),
+            "--state-dir",
+            str(tmp_path / "s"),
         )
     assert out.returncode == 2, out
     lines = out.stderr.strip().splitlines()

@@ -422,13 +422,15 @@ def meshnet_command(
     extra: Sequence[str] = (),
 ) -> list[str]:
     """The agent CLI contract: ``meshnet-agent run --name N --bind IP:PORT [--join IP:PORT]...
-    [--keyring FILE] --dataplane none --api PATH --profile P [--tag k=v]...``."""
+    [--keyring FILE] --dataplane none --api PATH --state-dir DIR --profile P [--tag k=v]...``; the state
+    directory sits next to the API socket (``NAME.state``), so it goes wherever the socket goes."""
     argv = [_venv_tool("meshnet-agent"), "run", "--name", name, "--bind", fmt_addr(bind)]
     for seed in join:
         argv += ["--join", fmt_addr(seed)]
     if keyring_file is not None:
         argv += ["--keyring", str(keyring_file)]
     argv += ["--dataplane", "none", "--api", str(api), "--profile", profile]
+    argv += ["--state-dir", str(api.parent / f"{api.stem}.state")]
     for key, value in (tags or {}).items():
         argv += ["--tag", f"{key}={value}"]
     return argv + list(extra)
