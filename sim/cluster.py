@@ -33,7 +33,7 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from meshnet.core.drive import Outputs, drain, fire_due
+from meshnet.core.drive import Outputs, drain, drain_stacked, fire_due, fire_due_stacked
 from sim.checks import MemberView, membership_converged
 from sim.network import PROFILES, LinkParams, Network
 from sim.scheduler import US_PER_S, Scheduler, to_us
@@ -66,7 +66,7 @@ class SimNode:
     __slots__ = (
         "idx", "name", "addr", "core", "running", "leaving", "left", "life", "timer_us", "refires",
         "started_us", "view", "sent_datagrams", "sent_bytes", "recv_datagrams", "streams_opened",
-        "stream_bytes",
+        "stream_bytes", "rider", "state",
     )  # fmt: skip
 
     def __init__(self, idx: int, name: str, addr: Addr) -> None:
@@ -87,6 +87,9 @@ class SimNode:
         self.recv_datagrams = 0
         self.streams_opened = 0
         self.stream_bytes = 0
+        #: The rider core (NetworkDB) beside ``core``, or None; ``state`` outlives crashes (a state dir).
+        self.rider: Any = None
+        self.state: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         state = "running" if self.running else ("left" if self.left else "down")
@@ -114,6 +117,7 @@ class Cluster:
         core_factory: Callable[..., Any] | None = None,
         trace: Trace | None = None,
         check_frames: bool = True,
+        rider_factory: Callable[[SimNode, float], Any] | None = None,
     ) -> None:
         if config is None:
             from meshnet.gossip.config import lan
@@ -128,6 +132,8 @@ class Cluster:
         self.core_factory = core_factory or default_core_factory
         self.trace = trace if trace is not None else Trace()
         self.check_frames = check_frames
+        #: ``fn(node, now) -> rider`` builds a rider core (e.g. NetworkDB) beside each new core.
+        self.rider_factory = rider_factory
         self.sched = Scheduler()
         self._k_timer = self.sched.register(self._on_timer)
         self._k_dgram = self.sched.register(self._on_dgram)
@@ -139,6 +145,8 @@ class Cluster:
         self.by_addr: dict[Addr, SimNode] = {}
         #: Callbacks ``fn(node, t_us, event, flat)`` for every core event (``flat`` from ``trace.describe_event``).
         self.listeners: list[Callable[[SimNode, int, Any, tuple[Any, ...]], None]] = []
+        #: Callbacks ``fn(node, t_us, event)`` for every rider event, run before the step's sends.
+        self.rider_listeners: list[Callable[[SimNode, int, Any], None]] = []
         #: Problems the simulator itself noticed in a core (stuck timer, bad stream frame).
         self.violations: list[str] = []
         #: When the network last stopped being faulty (heal, loss off), for safety grace periods.
@@ -248,6 +256,7 @@ class Cluster:
         node.timer_us = None
         node.started_us = t
         node.view = MemberView(node.name)
+        node.rider = self.rider_factory(node, t / US_PER_S) if self.rider_factory is not None else None
         addrs = self._addrs(seeds)
         self.trace.record(
             t,
@@ -258,7 +267,7 @@ class Cluster:
         )
         if addrs:
             node.core.join(addrs, now=t / US_PER_S)
-        self._process(node, drain(node.core), t)
+        self._step(node, t)
         return node
 
     def restart(self, ref: NodeRef, seeds: Sequence[NodeRef | Addr] | None = None, k: int = 3) -> SimNode:
@@ -276,6 +285,7 @@ class Cluster:
         node.running = False
         node.leaving = False
         node.core = None
+        node.rider = None
         node.timer_us = None
         self.trace.record(self.sched.now_us, node.name, "crash")
 
@@ -288,14 +298,14 @@ class Cluster:
         node.leaving = True
         self.trace.record(t, node.name, "leave")
         node.core.leave(now=t / US_PER_S)
-        self._process(node, drain(node.core), t)
+        self._step(node, t)
 
     def join(self, ref: NodeRef, seeds: Sequence[NodeRef | Addr]) -> None:
         """Ask a running node to join ``seeds`` (push-pull with each)."""
         node = self.node(ref)
         t = self.sched.now_us
         node.core.join(self._addrs(seeds), now=t / US_PER_S)
-        self._process(node, drain(node.core), t)
+        self._step(node, t)
 
     def send_user(self, ref: NodeRef, payload: bytes) -> None:
         """Have a node gossip a user broadcast (``Swim.send_user``)."""
@@ -303,7 +313,7 @@ class Cluster:
         t = self.sched.now_us
         self.trace.record(t, node.name, "send_user", len(payload))
         node.core.send_user(payload, now=t / US_PER_S)
-        self._process(node, drain(node.core), t)
+        self._step(node, t)
 
     def bootstrap(
         self,
@@ -365,7 +375,32 @@ class Cluster:
         self.network.set_default(replace(self.network.default, loss=loss))
         self.trace.record(self.sched.now_us, "-", "loss", loss)
 
+    def with_rider(self, ref: NodeRef, fn: Callable[[Any, float], Any]) -> Any:
+        """Call ``fn(rider, now)`` on a running node's rider (an API call), then run the drive step."""
+        node = self.node(ref)
+        if not node.running or node.rider is None:
+            raise ValueError(f"{node.name} has no running rider")
+        t = self.sched.now_us
+        result = fn(node.rider, t / US_PER_S)
+        self._step(node, t)
+        return result
+
     # -- the drive step ---------------------------------------------------------------------------
+
+    def _step(self, node: SimNode, t: int) -> None:
+        """Drain a node after an input: its core alone, or the core and its rider (``drain_stacked``)."""
+        if node.rider is None:
+            self._process(node, drain(node.core), t)
+            return
+        out = drain_stacked(node.core, node.rider, now=t / US_PER_S, mute_rider=node.leaving)
+        self._rider_out(node, out, t)
+        self._process(node, out, t)
+
+    def _rider_out(self, node: SimNode, out: Outputs, t: int) -> None:
+        # Rider events first: a shell persists e.g. a high-water mark before the step's sends.
+        for ev in out.rider_events:
+            for fn in self.rider_listeners:
+                fn(node, t, ev)
 
     def _process(self, node: SimNode, out: Outputs, t: int) -> None:
         if out.datagrams:
@@ -433,6 +468,7 @@ class Cluster:
             node.running = False
             node.left = True
             node.core = None
+            node.rider = None
             node.timer_us = None
             self.trace.record(t, node.name, "stopped", "left")
         for fn in self.listeners:
@@ -442,7 +478,12 @@ class Cluster:
         if life != node.life or node.timer_us != t or not node.running:
             return
         node.timer_us = None
-        self._process(node, fire_due(node.core, t / US_PER_S), t)
+        if node.rider is None:
+            self._process(node, fire_due(node.core, t / US_PER_S), t)
+        else:
+            out = fire_due_stacked(node.core, node.rider, t / US_PER_S, mute_rider=node.leaving)
+            self._rider_out(node, out, t)
+            self._process(node, out, t)
 
     def _on_dgram(self, t: int, node: SimNode, payload: tuple[int, bytes]) -> None:
         if not node.running:
@@ -453,7 +494,7 @@ class Cluster:
         self.trace.packet(t, src, node.idx, data)
         core = node.core
         core.receive_datagram(self.nodes[src].addr, data, now=t / US_PER_S)
-        self._process(node, drain(core), t)
+        self._step(node, t)
 
     # -- streams ----------------------------------------------------------------------------------
 
@@ -518,7 +559,7 @@ class Cluster:
             return
         core = dst.core
         reply = core.receive_stream(src.addr, data, now=t / US_PER_S)
-        self._process(dst, drain(core), t)
+        self._step(dst, t)
         if not req.expect_reply:
             return
         back = t + self.network.one_way_us(dst.idx, src.idx)
@@ -545,7 +586,7 @@ class Cluster:
             self.sched.push(deadline, self._k_sfail, sid, "bad frame")
             return
         src.core.receive_stream_reply(stream_id, data, now=t / US_PER_S)
-        self._process(src, drain(src.core), t)
+        self._step(src, t)
 
     def _on_stream_fail(self, t: int, sid: tuple[SimNode, int, int], reason: str) -> None:
         src, life, stream_id = sid
@@ -553,7 +594,7 @@ class Cluster:
             return
         self.streams_failed += 1
         src.core.stream_failed(stream_id, now=t / US_PER_S)
-        self._process(src, drain(src.core), t)
+        self._step(src, t)
 
     # -- reporting --------------------------------------------------------------------------------
 
