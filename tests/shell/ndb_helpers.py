@@ -62,6 +62,10 @@ class DbCluster:
         api: bool = False,
         ndb_config: Any = None,
     ) -> Node:
+        previous = self.nodes.get(name)
+        if previous is not None:
+            with trio.fail_after(10):
+                await previous.wait_stopped()  # its state directory is unlocked once it stopped
         seeds = [self.nodes[join].bound_addr] if join is not None else []
         port = self.ports.get(name, 0)
         if persist and state_dir is None:

@@ -275,3 +275,28 @@ async def test_dispatch_persists_a_raised_high_water_mark_before_it_sends(tmp_pa
         assert quiet.cancelled_caught, "a datagram left although its high-water mark was not persisted"
         nursery.cancel_scope.cancel()
     listener.close()
+
+
+async def test_a_node_that_left_gracefully_and_restarts_with_its_state_brings_its_entries_back(tmp_path):
+    """The common case of a service restart: SIGTERM (leave) removes the entries, the restart re-asserts."""
+    async with trio.open_nursery() as nursery:
+        cluster = DbCluster(nursery, tmp_path)
+        await start_three(cluster)
+        put(cluster, "c", "endpoints", "ov", "epc", b"10.0.0.3")
+        await wait_until(lambda: visible(cluster, "a", "endpoints", "ov", "epc") is not None, 5, "epc at a")
+        await wait_until(lambda: cluster.nodes["c"].db._durable >= 1, 5, "c's journal on disk")
+        assert await cluster.nodes["c"].leave() is True
+        cluster.nodes["c"].stop()
+        await cluster.nodes["c"].wait_stopped()
+        await wait_until(
+            lambda: all(visible(cluster, n, "endpoints", "ov", "epc", hidden=True) is None for n in "ab"),
+            10,
+            "c's entry removed at a and b after its leave",
+        )
+        await cluster.start("c", IPS["c"], join="a")
+        await wait_until(
+            lambda: all(visible(cluster, n, "endpoints", "ov", "epc") is not None for n in "ab"),
+            10,
+            "c's entry back at a and b after the restart",
+        )
+        nursery.cancel_scope.cancel()
