@@ -45,8 +45,8 @@ settings.register_profile(
     "ndb-sim-machine-ci",
     derandomize=True,
     deadline=None,
-    max_examples=12,
-    stateful_step_count=20,
+    max_examples=40,
+    stateful_step_count=30,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
