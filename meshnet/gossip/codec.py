@@ -7,7 +7,9 @@ sorted key order is byte-exact with that, so every encoder here builds its dict 
 Decoders are lenient the way Go's is: unknown keys are ignored, missing keys take zero values, nil is
 accepted for any bytes or string field, bin types and an array of ints are accepted for ``Vsn``.
 
-Every decode failure is a ``DecodeError``; cores catch it at their edge and count it.
+Every decode failure is a ``DecodeError``; cores catch it at their edge and count it. Node names are
+interned as they are decoded, and push-pull node states are memoized by their bytes (a member's row
+is the same in every push-pull until it changes), so a big cluster decodes each row about once.
 Layering (innermost first): message -> compound -> compress -> CRC -> encrypt. This module does the
 message, compound and CRC layers; ``lzw``/``compress`` and ``keyring`` do the outer ones, and
 ``packet`` ties the layers together for UDP and TCP.
@@ -16,6 +18,7 @@ message, compound and CRC layers; ``lzw``/``compress`` and ``keyring`` do the ou
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -50,6 +53,8 @@ __all__ = [
     "pack",
     "unpack_one",
     "encode_push_pull",
+    "encode_push_pull_parts",
+    "encode_push_state",
     "decode_push_pull",
     "MAX_COMPOUND_PARTS",
 ]
@@ -127,6 +132,12 @@ def _str(m: dict, key: bytes) -> str:
         raise DecodeError(f"{key.decode()}: not UTF-8") from exc
 
 
+def _name(m: dict, key: bytes) -> str:
+    """A node name, interned: every message about a member then shares one string object, so the
+    member tables' lookups compare names by identity."""
+    return sys.intern(_str(m, key))
+
+
 def _vsn(m: dict) -> bytes:
     raw = _bytes(m, b"Vsn")
     return raw if raw is not None else b""
@@ -192,26 +203,32 @@ def encode_message(msg: Message) -> bytes:
     return bytes((msg.TYPE,)) + pack(_encode_body(msg))
 
 
+#: Message names for error texts (``MessageType(t).name`` per message is measurably slow).
+_TYPE_NAMES = {t.value: t.name.lower() for t in MessageType}
+
+
 def _decode_body(mtype: int, body: Any) -> Message:
-    m = _map(body, MessageType(mtype).name.lower())
+    if type(body) is not dict:
+        _map(body, _TYPE_NAMES[mtype])
+    m: dict[bytes, Any] = body
     if mtype == _T.PING:
         return Ping(
             seq_no=_int(m, b"SeqNo", hi=_U32),
-            node=_str(m, b"Node"),
+            node=_name(m, b"Node"),
             source_addr=_bytes(m, b"SourceAddr") or b"",
             source_port=_int(m, b"SourcePort", hi=_U16),
-            source_node=_str(m, b"SourceNode"),
+            source_node=_name(m, b"SourceNode"),
         )
     if mtype == _T.INDIRECT_PING:
         return IndirectPingReq(
             seq_no=_int(m, b"SeqNo", hi=_U32),
             target=_bytes(m, b"Target") or b"",
             port=_int(m, b"Port", hi=_U16),
-            node=_str(m, b"Node"),
+            node=_name(m, b"Node"),
             nack=_bool(m, b"Nack"),
             source_addr=_bytes(m, b"SourceAddr") or b"",
             source_port=_int(m, b"SourcePort", hi=_U16),
-            source_node=_str(m, b"SourceNode"),
+            source_node=_name(m, b"SourceNode"),
         )
     if mtype == _T.ACK_RESP:
         return Ack(seq_no=_int(m, b"SeqNo", hi=_U32), payload=_bytes(m, b"Payload", nil=True))
@@ -221,16 +238,16 @@ def _decode_body(mtype: int, body: Any) -> Message:
         return ErrResp(error=_str(m, b"Error"))
     if mtype == _T.SUSPECT:
         return Suspect(
-            incarnation=_int(m, b"Incarnation", hi=_U32), node=_str(m, b"Node"), from_node=_str(m, b"From")
+            incarnation=_int(m, b"Incarnation", hi=_U32), node=_name(m, b"Node"), from_node=_name(m, b"From")
         )
     if mtype == _T.DEAD:
         return Dead(
-            incarnation=_int(m, b"Incarnation", hi=_U32), node=_str(m, b"Node"), from_node=_str(m, b"From")
+            incarnation=_int(m, b"Incarnation", hi=_U32), node=_name(m, b"Node"), from_node=_name(m, b"From")
         )
     if mtype == _T.ALIVE:
         return Alive(
             incarnation=_int(m, b"Incarnation", hi=_U32),
-            node=_str(m, b"Node"),
+            node=_name(m, b"Node"),
             addr=_bytes(m, b"Addr") or b"",
             port=_int(m, b"Port", hi=_U16),
             meta=_bytes(m, b"Meta", nil=True),
@@ -259,8 +276,17 @@ def decode_message(data: bytes) -> Message:
         return decode_push_pull(data)
     if mtype not in _PLAIN_TYPES:
         raise DecodeError(f"unexpected message type {mtype}")
-    body, end = unpack_one(data, 1)
-    return _decode_body(mtype, body)
+    return _decode_body(mtype, _unpack_body(data))
+
+
+def _unpack_body(data: bytes) -> Any:
+    """The msgpack value after the type byte (trailing bytes ignored, as ``unpack_one`` does)."""
+    try:
+        return msgpack.unpackb(memoryview(data)[1:], raw=True, strict_map_key=False)
+    except msgpack.ExtraData as exc:
+        return exc.unpacked
+    except Exception:  # truncated or garbage: let unpack_one word the error
+        return unpack_one(data, 1)[0]
 
 
 # --- compound (7) -------------------------------------------------------------------------------
@@ -270,10 +296,8 @@ def encode_compound(parts: Sequence[bytes]) -> bytes:
     """``07 | n:u8 | n x len:u16be | parts``. At most 255 parts of at most 65535 bytes."""
     if not 0 < len(parts) <= MAX_COMPOUND_PARTS:
         raise ValueError(f"a compound holds 1..{MAX_COMPOUND_PARTS} parts, got {len(parts)}")
-    head = bytearray((_T.COMPOUND, len(parts)))
-    for p in parts:
-        head += struct.pack(">H", len(p))
-    return bytes(head) + b"".join(parts)
+    n = len(parts)
+    return struct.pack(f">BB{n}H", _T.COMPOUND, n, *map(len, parts)) + b"".join(parts)
 
 
 def decode_compound(data: bytes) -> tuple[list[bytes], bool]:
@@ -289,11 +313,14 @@ def decode_compound(data: bytes) -> tuple[list[bytes], bool]:
         raise DecodeError("truncated compound header")
     lengths = struct.unpack_from(f">{n}H", data, 2)
     parts: list[bytes] = []
+    size = len(data)
+    data = bytes(data)
     for ln in lengths:
-        if off + ln > len(data):
+        end = off + ln
+        if end > size:
             return parts, True
-        parts.append(bytes(data[off : off + ln]))
-        off += ln
+        parts.append(data[off:end])
+        off = end
     return parts, False
 
 
@@ -317,6 +344,17 @@ def decode_crc(data: bytes) -> bytes:
 
 
 # --- push-pull (6) ------------------------------------------------------------------------------
+
+
+def encode_push_state(s: PushNodeState) -> bytes:
+    """One ``pushNodeState`` as it appears inside a push-pull frame."""
+    return pack(_encode_state(s))
+
+
+def encode_push_pull_parts(join: bool, states: Sequence[bytes], user_state: bytes) -> bytes:
+    """``encode_push_pull`` from node states already encoded with ``encode_push_state``."""
+    head = pack({"Join": join, "Nodes": len(states), "UserStateLen": len(user_state)})
+    return b"".join((bytes((_T.PUSH_PULL,)), head, *states, user_state))
 
 
 def _encode_state(s: PushNodeState) -> dict[str, Any]:
@@ -350,28 +388,32 @@ def decode_push_pull(data: bytes) -> PushPull:
     """Decode a whole push-pull frame (type byte included)."""
     if not data or data[0] != _T.PUSH_PULL:
         raise DecodeError("not a push-pull message")
+    data = bytes(data)
     unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, max_buffer_size=max(len(data), 1))
     unpacker.feed(memoryview(data)[1:])
+    cache = _STATE_CACHE
     try:
         head = _map(unpacker.unpack(), "pushPullHeader")
         n = _int(head, b"Nodes", hi=MAX_PUSH_PULL_NODES)
         ulen = _int(head, b"UserStateLen", hi=len(data))
         join = _bool(head, b"Join")
         states = []
+        pos = 1 + unpacker.tell()
         for _ in range(n):
-            m = _map(unpacker.unpack(), "pushNodeState")
-            states.append(
-                PushNodeState(
-                    name=_str(m, b"Name"),
-                    addr=_bytes(m, b"Addr") or b"",
-                    port=_int(m, b"Port", hi=_U16),
-                    meta=_bytes(m, b"Meta", nil=True),
-                    incarnation=_int(m, b"Incarnation", hi=_U32),
-                    state=_int(m, b"State", hi=255),
-                    vsn=_vsn(m),
+            unpacker.skip()
+            end = 1 + unpacker.tell()
+            raw = data[pos:end]
+            pos = end
+            state = cache.get(raw)
+            if state is None:
+                state = _decode_state(
+                    _map(msgpack.unpackb(raw, raw=True, strict_map_key=False), "pushNodeState")
                 )
-            )
-        off = 1 + unpacker.tell()
+                if len(cache) >= _STATE_CACHE_MAX:
+                    del cache[next(iter(cache))]
+                cache[raw] = state
+            states.append(state)
+        off = pos
     except DecodeError:
         raise
     except msgpack.OutOfData as exc:
@@ -380,7 +422,25 @@ def decode_push_pull(data: bytes) -> PushPull:
         raise DecodeError(f"bad push-pull: {exc}") from exc
     if off + ulen > len(data):
         raise DecodeError("truncated push-pull user state")
-    return PushPull(join=join, states=tuple(states), user_state=bytes(data[off : off + ulen]))
+    return PushPull(join=join, states=tuple(states), user_state=data[off : off + ulen])
+
+
+def _decode_state(m: dict[bytes, Any]) -> PushNodeState:
+    return PushNodeState(
+        name=_name(m, b"Name"),
+        addr=_bytes(m, b"Addr") or b"",
+        port=_int(m, b"Port", hi=_U16),
+        meta=_bytes(m, b"Meta", nil=True),
+        incarnation=_int(m, b"Incarnation", hi=_U32),
+        state=_int(m, b"State", hi=255),
+        vsn=_vsn(m),
+    )
+
+
+#: Decoded node states by their bytes: a member's state is the same in every push-pull until it
+#: changes, so most are decoded once per process. Frozen values, bounded, oldest dropped first.
+_STATE_CACHE: dict[bytes, PushNodeState] = {}
+_STATE_CACHE_MAX = 16384
 
 
 def iter_parts(messages: Iterable[Message]) -> list[bytes]:

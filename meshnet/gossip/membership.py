@@ -10,6 +10,8 @@ House rules:
    per incarnation comparison *(older, same, newer)*, then applies the action. The tables below are
    the whole policy; the code around them only handles the two checks that come first (protocol
    version sanity and the same-name-other-address conflict) and then carries the action out.
+   ``alive`` decides its commonest case (a rumour arriving again) before the lookup, with the
+   answer the table gives: a member in the list, same address and version vector, not newer.
 2. **Rules about ourselves are a separate table.** Nobody else may declare us suspect or dead, or
    change our meta: we *refute* by raising our incarnation to ``max(own + 1, accused + 1)``,
    broadcasting ``alive`` and adding 1 to the Lifeguard health score. Once we have left, nothing
@@ -45,7 +47,7 @@ from meshnet.core.clock import DeadlineHeap
 from meshnet.core.errors import DecodeError
 from meshnet.gossip.awareness import Awareness
 from meshnet.gossip.broadcast_queue import BroadcastQueue
-from meshnet.gossip.codec import encode_message
+from meshnet.gossip.codec import encode_message, encode_push_state
 from meshnet.gossip.config import GossipConfig
 from meshnet.gossip.events import (
     Member,
@@ -136,9 +138,38 @@ def _cmp(msg_inc: int, known: int) -> int:
 
 def ip_text(raw: bytes) -> str:
     """The textual form of a 4- or 16-byte wire address; ``DecodeError`` for other lengths."""
-    if len(raw) not in (4, 16):
-        raise DecodeError(f"an IP address is 4 or 16 bytes, got {len(raw)}")
-    return str(ipaddress.ip_address(raw))
+    text = _IP_TEXT.get(raw)
+    if text is None:
+        if len(raw) not in (4, 16):
+            raise DecodeError(f"an IP address is 4 or 16 bytes, got {len(raw)}")
+        text = str(ipaddress.ip_address(raw))
+        if len(_IP_TEXT) >= 65536:
+            _IP_TEXT.clear()
+        _IP_TEXT[bytes(raw)] = text
+    return text
+
+
+#: ``ip_text`` results (pure; ``ipaddress`` is slow and the same few addresses recur).
+_IP_TEXT: dict[bytes, str] = {}
+
+
+def _alive_of(r: PushNodeState) -> tuple[Alive, bytes]:
+    """The ``alive`` a push-pull node state stands for, and its encoding (memoized per state
+    object: decoded states are shared, see ``codec.decode_push_pull``)."""
+    hit = _ALIVE_OF.get(id(r))
+    if hit is not None and hit[0] is r:
+        return hit[1], hit[2]
+    msg = Alive(incarnation=r.incarnation, node=r.name, addr=r.addr, port=r.port, meta=r.meta, vsn=r.vsn)
+    raw = encode_message(msg)
+    if len(_ALIVE_OF) >= 16384:
+        del _ALIVE_OF[next(iter(_ALIVE_OF))]
+    _ALIVE_OF[id(r)] = (r, msg, raw)  # holding r keeps its id from being reused
+    return msg, raw
+
+
+_ALIVE_OF: dict[int, tuple[PushNodeState, Alive, bytes]] = {}
+#: Encoded push-pull rows by content (``NodeState.push_raw``).
+_PUSH_RAW: dict[tuple, bytes] = {}
 
 
 class NodeState:
@@ -158,7 +189,7 @@ class NodeState:
         "in_list",
         "epoch",
         "_member",
-        "_push",
+        "_push_raw",
     )
 
     def __init__(
@@ -178,7 +209,7 @@ class NodeState:
         #: Shared with the owning ``Membership``: bumped on every change (cache invalidation).
         self.epoch = [0]
         self._member: Member | None = None
-        self._push: PushNodeState | None = None
+        self._push_raw: bytes | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -188,7 +219,7 @@ class NodeState:
     def touch(self) -> None:
         """Forget cached snapshots after a change (and bump the table's epoch)."""
         self._member = None
-        self._push = None
+        self._push_raw = None
         self.epoch[0] += 1
 
     def set_address(self, addr: bytes, port: int) -> None:
@@ -203,35 +234,54 @@ class NodeState:
             self.pmax = vsn[1]
 
     def member(self) -> Member:
-        """An immutable snapshot (cached until the next change)."""
+        """An immutable snapshot (cached until the next change; see ``snapshot``)."""
         m = self._member
         if m is None:
-            m = self._member = Member(
-                name=self.name,
-                addr=self.addr_str,
-                port=self.port,
-                meta=self.meta,
-                incarnation=self.incarnation,
-                state=STATE_NAMES[self.state],
-                vsn=self.vsn,
-                state_changed_at=self.state_changed_at,
-            )
+            m = self._member = self.snapshot()
         return m
 
+    def snapshot(self) -> Member:
+        """An immutable snapshot, not kept (events: a big table should not hold one per member)."""
+        m = self._member
+        if m is not None:
+            return m
+        return Member(
+            name=self.name,
+            addr=self.addr_str,
+            port=self.port,
+            meta=self.meta,
+            incarnation=self.incarnation,
+            state=STATE_NAMES[self.state],
+            vsn=self.vsn,
+            state_changed_at=self.state_changed_at,
+        )
+
     def push_state(self) -> PushNodeState:
-        """This member as a push-pull node state (cached until the next change)."""
-        p = self._push
-        if p is None:
-            p = self._push = PushNodeState(
-                name=self.name,
-                addr=self.addr,
-                port=self.port,
-                meta=self.meta,
-                incarnation=self.incarnation,
-                state=int(self.state),
-                vsn=self.vsn,
-            )
-        return p
+        """This member as a push-pull node state."""
+        return PushNodeState(
+            name=self.name,
+            addr=self.addr,
+            port=self.port,
+            meta=self.meta,
+            incarnation=self.incarnation,
+            state=int(self.state),
+            vsn=self.vsn,
+        )
+
+    def push_raw(self) -> bytes:
+        """``push_state`` encoded (cached until the next change, and shared between tables: every
+        member's row is the same in every table that agrees about it)."""
+        raw = self._push_raw
+        if raw is None:
+            key = (self.name, self.addr, self.port, self.meta, self.incarnation, int(self.state), self.vsn)
+            raw = _PUSH_RAW.get(key)
+            if raw is None:
+                raw = encode_push_state(self.push_state())
+                if len(_PUSH_RAW) >= 16384:
+                    del _PUSH_RAW[next(iter(_PUSH_RAW))]
+                _PUSH_RAW[key] = raw
+            self._push_raw = raw
+        return raw
 
     def alive_message(self) -> Alive:
         return Alive(
@@ -309,6 +359,10 @@ class Membership:
         """Our node list as push-pull node states."""
         return [n.push_state() for n in self.nodes]
 
+    def push_states_raw(self) -> list[bytes]:
+        """``push_states``, each encoded (``codec.encode_push_state``)."""
+        return [n.push_raw() for n in self.nodes]
+
     # -- probe order --------------------------------------------------------------------------------
 
     def next_probe_target(self, now: float) -> NodeState | None:
@@ -345,8 +399,21 @@ class Membership:
 
     # -- the three message handlers -----------------------------------------------------------------
 
-    def alive(self, msg: Alive, *, now: float) -> Action:
-        """Apply an ``alive`` (gossiped or from a push-pull)."""
+    def alive(self, msg: Alive, *, now: float, raw: bytes | None = None) -> Action:
+        """Apply an ``alive`` (gossiped or from a push-pull). ``raw``: its canonical encoding, if known."""
+        node = self.by_name.get(msg.node)
+        if (
+            node is not None
+            and msg.incarnation <= node.incarnation
+            and node.in_list
+            and msg.vsn == node.vsn
+            and msg.addr == node.addr
+            and msg.port == node.port
+            and node is not self.local
+        ):
+            # The common case, decided as below would: a version vector and an address equal to
+            # ones already accepted are valid, and REMOTE_RULES ignore an alive that is not newer.
+            return Action.IGNORE
         vsn = msg.vsn
         if len(vsn) >= 3 and (vsn[0] == 0 or vsn[1] == 0 or vsn[0] > vsn[1]):
             self.stats["alive_bad_version"] += 1
@@ -354,7 +421,6 @@ class Membership:
         if len(msg.addr) not in (4, 16):
             self.stats["alive_bad_addr"] += 1
             return Action.IGNORE
-        node = self.by_name.get(msg.node)
         if node is not None and not node.in_list:
             node = None  # memberlist forgot it: a new node again
         if node is self.local:
@@ -369,20 +435,20 @@ class Membership:
                 self.refute(msg.incarnation)
             return action
         if node is None:
-            return self._add(msg, now)
+            return self._add(msg, now, raw)
         if node.addr != msg.addr or node.port != msg.port:
             reclaim = self.config.dead_node_reclaim_time
             can_reclaim = reclaim > 0 and now - node.state_changed_at > reclaim
             if node.state == LEFT or (node.state == DEAD and can_reclaim):
-                self._revive(node, msg, now)
+                self._revive(node, msg, now, raw)
                 return Action.REVIVE
             return self._conflict(node, msg)
         action = REMOTE_RULES[("alive", node.state)][_cmp(msg.incarnation, node.incarnation)]
         if action is Action.UPDATE or action is Action.REVIVE:
-            self._revive(node, msg, now)
+            self._revive(node, msg, now, raw)
         return action
 
-    def suspect(self, msg: Suspect, *, now: float) -> Action:
+    def suspect(self, msg: Suspect, *, now: float, raw: bytes | None = None) -> Action:
         """Apply a ``suspect`` (gossiped, from a push-pull, or our own failed probe)."""
         node = self.get(msg.node)
         if node is self.local:
@@ -400,14 +466,14 @@ class Membership:
             if s is None or not s.confirm(msg.from_node, now=now):
                 return Action.IGNORE
             self.stats["suspect_confirmations"] += 1
-            self._broadcast(node.name, msg)
+            self._broadcast(node.name, msg, raw)
             if s.deadline <= now:
                 self.suspicion_expired(node.name, now=now)
             else:
                 self.heap.set(("suspect", node.name), s.deadline)
         elif action is Action.SUSPECT:
             assert node is not None
-            self._broadcast(node.name, msg)
+            self._broadcast(node.name, msg, raw)
             node.incarnation = msg.incarnation
             node.state = SUSPECT
             node.state_changed_at = now
@@ -423,10 +489,10 @@ class Membership:
             self.suspicions[node.name] = s
             self.heap.set(("suspect", node.name), s.deadline)
             self.stats["suspects"] += 1
-            self.events.append(MemberSuspected(node.member(), msg.from_node))
+            self.events.append(MemberSuspected(node.snapshot(), msg.from_node))
         return action
 
-    def dead(self, msg: Dead, *, now: float) -> Action:
+    def dead(self, msg: Dead, *, now: float, raw: bytes | None = None) -> Action:
         """Apply a ``dead`` (gossiped, a push-pull ``left``, or an expired suspicion)."""
         node = self.get(msg.node)
         if node is self.local:
@@ -440,7 +506,7 @@ class Membership:
         if msg.incarnation >= node.incarnation:
             self._cancel_suspicion(node.name)
         if action is Action.FAIL:
-            self._broadcast(node.name, msg)
+            self._broadcast(node.name, msg, raw)
             self._kill(
                 node, msg.incarnation, left=msg.from_node == msg.node, from_node=msg.from_node, now=now
             )
@@ -473,17 +539,8 @@ class Membership:
                     and r.port == node.port
                 ):
                     continue
-                self.alive(
-                    Alive(
-                        incarnation=r.incarnation,
-                        node=r.name,
-                        addr=r.addr,
-                        port=r.port,
-                        meta=r.meta,
-                        vsn=r.vsn,
-                    ),
-                    now=now,
-                )
+                msg, raw = _alive_of(r)
+                self.alive(msg, now=now, raw=raw)
             elif r.state == LEFT:
                 self.dead(Dead(incarnation=r.incarnation, node=r.name, from_node=r.name), now=now)
             elif r.state in (DEAD, SUSPECT):
@@ -493,6 +550,23 @@ class Membership:
 
     def verify_protocol(self, remote: Sequence[PushNodeState]) -> str | None:
         """memberlist's verifyProtocol over alive nodes on both sides; an error text or None."""
+        # Members share a handful of version vectors: check each distinct one once, and only
+        # when something is wrong walk the states in order to name the first offender.
+        remote_alive = {r.vsn for r in remote if r.state == ALIVE and r.vsn}
+        if any(len(v) < 6 for v in remote_alive):
+            return self._verify_protocol_in_order(remote)
+        ranges = remote_alive | {n.vsn for n in self.nodes if n.state == ALIVE and len(n.vsn) >= 6}
+        maxpmin = max((v[0] for v in ranges), default=0)
+        minpmax = min((v[1] for v in ranges), default=255)
+        maxdmin = max((v[3] for v in ranges), default=0)
+        mindmax = min((v[4] for v in ranges), default=255)
+        for v in {r.vsn for r in remote} | {n.vsn for n in self.nodes}:
+            pcur, dcur = (v[2], v[5]) if len(v) >= 6 else (0, 0)
+            if not (maxpmin <= pcur <= minpmax and maxdmin <= dcur <= mindmax):
+                return self._verify_protocol_in_order(remote)
+        return None
+
+    def _verify_protocol_in_order(self, remote: Sequence[PushNodeState]) -> str | None:
         maxpmin = maxdmin = 0
         minpmax = mindmax = 255
         for r in remote:
@@ -538,7 +612,7 @@ class Membership:
         me.meta = meta
         me.touch()
         self._broadcast(me.name, me.alive_message())
-        self.events.append(MemberUpdated(me.member()))
+        self.events.append(MemberUpdated(me.snapshot()))
 
     def leave_local(self, *, now: float):
         """Our graceful leave: mark ourselves left and queue ``dead{own inc, self, From: self}``."""
@@ -548,7 +622,7 @@ class Membership:
         me.state = LEFT
         me.state_changed_at = now
         me.touch()
-        self.events.append(MemberLeft(me.member()))
+        self.events.append(MemberLeft(me.snapshot()))
         return b
 
     # -- reaping ----------------------------------------------------------------------------------
@@ -579,17 +653,17 @@ class Membership:
         self.by_name[me.name] = me
         self.nodes.append(me)
         self._broadcast(me.name, me.alive_message())
-        self.events.append(MemberJoined(me.member()))
+        self.events.append(MemberJoined(me.snapshot()))
 
-    def _broadcast(self, key: str, msg: Alive | Suspect | Dead) -> None:
-        self.queue.queue(encode_message(msg), key=key)
+    def _broadcast(self, key: str, msg: Alive | Suspect | Dead, raw: bytes | None = None) -> None:
+        self.queue.queue(raw if raw is not None else encode_message(msg), key=key)
 
     def _conflict(self, node: NodeState, msg: Alive) -> Action:
         self.stats["name_conflicts"] += 1
-        self.events.append(NameConflict(node.member(), ip_text(msg.addr), msg.port))
+        self.events.append(NameConflict(node.snapshot(), ip_text(msg.addr), msg.port))
         return Action.CONFLICT
 
-    def _add(self, msg: Alive, now: float) -> Action:
+    def _add(self, msg: Alive, now: float, raw: bytes | None = None) -> Action:
         node = self.by_name.get(msg.node)
         if node is None:
             node = NodeState(msg.node, msg.addr, msg.port, msg.meta or b"", msg.incarnation, msg.vsn, now)
@@ -612,13 +686,13 @@ class Membership:
         offset = self.rng.randrange(n + 1) if n else 0
         self.nodes.append(node)
         self.nodes[offset], self.nodes[n] = self.nodes[n], self.nodes[offset]
-        self._broadcast(node.name, msg)
-        self.events.append(MemberJoined(node.member()))
+        self._broadcast(node.name, msg, raw)
+        self.events.append(MemberJoined(node.snapshot()))
         return Action.ADD
 
-    def _revive(self, node: NodeState, msg: Alive, now: float) -> None:
+    def _revive(self, node: NodeState, msg: Alive, now: float, raw: bytes | None = None) -> None:
         self._cancel_suspicion(node.name)
-        self._broadcast(node.name, msg)
+        self._broadcast(node.name, msg, raw)
         old_state, old_meta, old_addr = node.state, node.meta, (node.addr, node.port)
         node.set_vsn(msg.vsn)
         node.incarnation = msg.incarnation
@@ -631,9 +705,9 @@ class Membership:
         if old_state >= DEAD:
             self.failed.pop(node.name, None)
             self.heap.cancel(("reap", node.name))
-            self.events.append(MemberJoined(node.member()))
+            self.events.append(MemberJoined(node.snapshot()))
         elif old_meta != node.meta or old_addr != (node.addr, node.port) or old_state == SUSPECT:
-            self.events.append(MemberUpdated(node.member()))
+            self.events.append(MemberUpdated(node.snapshot()))
 
     def _kill(self, node: NodeState, incarnation: int, *, left: bool, from_node: str, now: float) -> None:
         node.incarnation = incarnation
@@ -643,11 +717,11 @@ class Membership:
         if left:
             self.failed.pop(node.name, None)
             self.heap.set(("reap", node.name), now + self.config.tombstone_timeout)
-            self.events.append(MemberLeft(node.member()))
+            self.events.append(MemberLeft(node.snapshot()))
         else:
             self.failed[node.name] = None
             self.heap.set(("reap", node.name), now + self.config.reconnect_timeout)
-            self.events.append(MemberFailed(node.member(), from_node))
+            self.events.append(MemberFailed(node.snapshot(), from_node))
 
     def _cancel_suspicion(self, name: str) -> None:
         if self.suspicions.pop(name, None) is not None:

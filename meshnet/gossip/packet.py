@@ -5,7 +5,10 @@ then LZW compression if that makes it smaller, then the CRC wrapper, then AES-GC
 the keyring's primary key (version 1, a 12-byte nonce drawn from the injected ``rng``, empty AAD).
 Decoding undoes the layers in reverse: decrypt (trying every key), check a top-level CRC, then
 unwrap compress and compound recursively (Go nests them, ``crc(lzw(compound(...)))`` is real), at
-most ``MAX_NESTING`` levels deep, returning the flat list of messages in wire order.
+most ``MAX_NESTING`` levels deep, returning the flat list of messages in wire order. The same rumour
+reaches a node many times (and the simulator's nodes share one process), so decoded ``alive``,
+``suspect`` and ``dead`` parts are memoized by their bytes (messages are frozen values), together
+with whether the bytes are canonical, so a core can re-broadcast them without encoding them again.
 
 A TCP stream carries one frame per direction: a plain message (push-pull ``06|header|states|user``,
 ping, ack, err, or a TCP user message ``08|{UserMsgLen}|bytes``), optionally compressed as a whole
@@ -23,6 +26,8 @@ import random
 import struct
 from collections.abc import Sequence
 
+import msgpack
+
 from meshnet.core.errors import DecodeError, LocalProtocolError
 from meshnet.gossip import codec, lzw
 from meshnet.gossip.keyring import Keyring, decrypt_payload, encrypt, encrypted_length
@@ -31,6 +36,7 @@ from meshnet.gossip.messages import Message, MessageType, UserMsg
 __all__ = [
     "encode_datagram",
     "decode_datagram",
+    "decode_datagram_parts",
     "encode_stream",
     "decode_stream",
     "stream_frame_length",
@@ -150,6 +156,18 @@ def decode_datagram(data: bytes, *, keyring: Keyring | None, verify_incoming: bo
     is checked; compound and compress layers are unwrapped recursively. A truncated compound keeps
     the parts that arrived (as memberlist does) but is rejected if none did. Raises ``DecodeError``.
     """
+    return [msg for msg, _ in decode_datagram_parts(data, keyring=keyring, verify_incoming=verify_incoming)]
+
+
+def decode_datagram_parts(
+    data: bytes, *, keyring: Keyring | None, verify_incoming: bool = True
+) -> list[tuple[Message, bytes | None]]:
+    """``decode_datagram``, each message paired with its wire bytes when they are canonical.
+
+    The bytes are given only for the broadcastable messages (``alive``, ``suspect``, ``dead``) and
+    only when ``codec.encode_message`` of the message would produce exactly them, so a core can
+    re-broadcast what it received without encoding it again; otherwise None.
+    """
     try:
         data = bytes(data)
         if keyring is not None:
@@ -160,7 +178,7 @@ def decode_datagram(data: bytes, *, keyring: Keyring | None, verify_incoming: bo
                     raise
         if data and data[0] == _T.HAS_CRC:
             data = codec.decode_crc(data)
-        out: list[Message] = []
+        out: list[tuple[Message, bytes | None]] = []
         _decode_inner(data, out, 0)
         return out
     except DecodeError:
@@ -169,7 +187,33 @@ def decode_datagram(data: bytes, *, keyring: Keyring | None, verify_incoming: bo
         raise DecodeError(f"malformed datagram: {type(exc).__name__}: {exc}") from exc
 
 
-def _decode_inner(data: bytes, out: list[Message], depth: int) -> None:
+#: Decoded broadcast parts by their bytes. The same rumour reaches a node many times and a
+#: simulated cluster's nodes share the process, so most parts are decoded once. Values are frozen
+#: messages, safe to share. Bounded; the oldest entries go first.
+_PART_CACHE: dict[bytes, tuple[Message, bytes | None]] = {}
+_PART_CACHE_MAX = 16384
+_CACHED_TYPES = frozenset({_T.SUSPECT, _T.ALIVE, _T.DEAD})
+
+
+def _decode_part(part: bytes) -> tuple[Message, bytes | None]:
+    mtype = part[0]
+    if mtype not in _CACHED_TYPES:
+        if mtype not in _DATAGRAM_TYPES:
+            raise DecodeError(f"message type {mtype} is not valid in a datagram")
+        return codec.decode_message(part), None
+    hit = _PART_CACHE.get(part)
+    if hit is not None:
+        return hit
+    msg = codec.decode_message(part)
+    entry = (msg, part if codec.encode_message(msg) == part else None)
+    cache = _PART_CACHE
+    if len(cache) >= _PART_CACHE_MAX:
+        del cache[next(iter(cache))]
+    cache[part] = entry
+    return entry
+
+
+def _decode_inner(data: bytes, out: list[tuple[Message, bytes | None]], depth: int) -> None:
     if not data:
         raise DecodeError("empty message")
     mtype = data[0]
@@ -182,12 +226,17 @@ def _decode_inner(data: bytes, out: list[Message], depth: int) -> None:
         parts, truncated = codec.decode_compound(data)
         if not parts:
             raise DecodeError("truncated compound" if truncated else "empty compound")
+        cached = _PART_CACHE.get
         for part in parts:
-            _decode_inner(part, out, depth + 1)
+            hit = cached(part)
+            if hit is not None:
+                out.append(hit)
+            elif part and part[0] != _T.COMPOUND and part[0] != _T.COMPRESS:
+                out.append(_decode_part(part))
+            else:
+                _decode_inner(part, out, depth + 1)
         return
-    if mtype not in _DATAGRAM_TYPES:
-        raise DecodeError(f"message type {mtype} is not valid in a datagram")
-    out.append(codec.decode_message(data))
+    out.append(_decode_part(data))
 
 
 # --- streams ---------------------------------------------------------------------------------------
@@ -307,7 +356,7 @@ def _frame_length(buf: bytes, keyring: Keyring | None) -> int | None:
             raise DecodeError("pushPullHeader: expected a map")
         nodes = _header_int(head, b"Nodes", codec.MAX_PUSH_PULL_NODES)
         ulen = _header_int(head, b"UserStateLen", MAX_STREAM_FRAME)
-        end = _skip_value(buf, end, count=nodes)
+        end = _skip_values_fast(buf, end, nodes)
         return None if end is None else _need(buf, end + ulen)
     if mtype == _T.USER:
         end = _skip_value(buf, 1)
@@ -343,6 +392,24 @@ _SIZED = {0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xC7: (1, 1), 0xC8: (2, 1), 
           0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0)}  # fmt: skip
 # Containers: first byte -> (count field size, values per element).
 _CONTAINERS = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
+
+
+def _skip_values_fast(buf: bytes, off: int, count: int) -> int | None:
+    """``_skip_value`` for many values: msgpack's C skipper when the values are all there and well
+    formed (the same offset ``_skip_value`` finds), ``_skip_value`` itself otherwise."""
+    if count and off < len(buf):
+        unpacker = msgpack.Unpacker(max_buffer_size=len(buf))
+        unpacker.feed(memoryview(buf)[off:])
+        try:
+            for _ in range(count):
+                unpacker.skip()
+        except Exception:  # incomplete or malformed: let the exact walker decide
+            pass
+        else:
+            end = off + unpacker.tell()
+            if end <= MAX_STREAM_FRAME + 5:
+                return end
+    return _skip_value(buf, off, count)
 
 
 def _skip_value(buf: bytes, off: int, count: int = 1) -> int | None:

@@ -227,7 +227,10 @@ def decode_push_pull_state(data: bytes) -> SerfPushPull:
     for k, v in status_raw.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise DecodeError("serf push-pull state: StatusLTimes values must be unsigned")
-        status[_text(k, "StatusLTimes key")] = v
+        if type(k) is bytes and k.isascii():
+            status[k.decode("ascii")] = v
+        else:
+            status[_text(k, "StatusLTimes key")] = v
     return SerfPushPull(
         ltime=_uint(m, b"LTime"),
         status_ltimes=status,
@@ -355,9 +358,20 @@ class SerfState:
         left = set(pp.left_members)
         for name in pp.left_members:
             self.leave_intent(LeaveIntent(pp.status_ltimes.get(name, 0) + 1, name))
-        for name in sorted(pp.status_ltimes):
-            if name not in left:
-                self.join_intent(JoinIntent(pp.status_ltimes[name], name))
+        # ``join_intent`` for every other entry, inlined (a push-pull carries every member):
+        # witnessing commutes, so the clock witnesses the largest time once.
+        remote = pp.status_ltimes
+        if remote:
+            self.clock.witness(max(remote.values()))
+        status = self.status_ltimes
+        leaving = self.leaving
+        for name in sorted(remote):
+            ltime = remote[name]
+            if ltime <= status.get(name, -1) or name in left:
+                continue
+            status[name] = ltime
+            leaving.pop(name, None)
+            self.version += 1
         return pp
 
     def forget(self, name: str) -> None:

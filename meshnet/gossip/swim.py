@@ -45,7 +45,7 @@ from meshnet.core.errors import DecodeError, LocalProtocolError, RemoteProtocolE
 from meshnet.gossip import packet
 from meshnet.gossip.awareness import Awareness
 from meshnet.gossip.broadcast_queue import Broadcast, BroadcastQueue
-from meshnet.gossip.codec import MAX_COMPOUND_PARTS, encode_message
+from meshnet.gossip.codec import MAX_COMPOUND_PARTS, encode_message, encode_push_pull_parts
 from meshnet.gossip.config import GossipConfig
 from meshnet.gossip.events import (
     JoinCompleted,
@@ -273,15 +273,19 @@ class Swim:
             return
         self._stats["datagrams_received"] += 1
         try:
-            msgs = packet.decode_datagram(
+            msgs = packet.decode_datagram_parts(
                 data, keyring=self._keyring, verify_incoming=self.config.gossip_verify_incoming
             )
         except RemoteProtocolError as exc:
             self._reject(src, exc)
             return
-        for msg in msgs:
+        alive = self._members.alive
+        for msg, raw in msgs:
             try:
-                self._handle_packet_message(src, msg, now)
+                if type(msg) is Alive:  # most parts: straight to the member table
+                    alive(msg, now=now, raw=raw)  # type: ignore[arg-type]
+                else:
+                    self._handle_packet_message(src, msg, now, raw)
             except RemoteProtocolError as exc:
                 self._reject(src, exc)
         self._after(now)
@@ -469,7 +473,7 @@ class Swim:
         n = self._members.num_nodes
         msgs = self._queue.get_broadcasts(overhead, limit, n) if len(self._queue) else []
         if len(self._user_queue):
-            avail = limit - sum(len(m) + overhead for m in msgs)
+            avail = limit - sum(map(len, msgs)) - overhead * len(msgs)
             if avail > overhead + 1:
                 msgs += self._user_queue.get_broadcasts(overhead, avail, n)
         return msgs[:max_parts]
@@ -508,9 +512,11 @@ class Swim:
     # internals: receiving
     # ============================================================================================
 
-    def _handle_packet_message(self, src: Addr, msg: Message, now: float) -> None:
+    def _handle_packet_message(self, src: Addr, msg: Message, now: float, raw: bytes | None = None) -> None:
         t = type(msg)
-        if t is Ping:
+        if t is Alive:
+            self._members.alive(msg, now=now, raw=raw)  # type: ignore[arg-type]
+        elif t is Ping:
             assert isinstance(msg, Ping)
             if msg.node and msg.node != self.name:
                 self._stats["pings_for_other_node"] += 1
@@ -523,12 +529,10 @@ class Swim:
             self._send_msg(to, encode_message(Ack(seq_no=msg.seq_no, payload=None)))
         elif t is Ack:
             self._prober.on_ack(msg, now=now)  # type: ignore[arg-type]
-        elif t is Alive:
-            self._members.alive(msg, now=now)  # type: ignore[arg-type]
         elif t is Suspect:
-            self._members.suspect(msg, now=now)  # type: ignore[arg-type]
+            self._members.suspect(msg, now=now, raw=raw)  # type: ignore[arg-type]
         elif t is Dead:
-            self._members.dead(msg, now=now)  # type: ignore[arg-type]
+            self._members.dead(msg, now=now, raw=raw)  # type: ignore[arg-type]
         elif t is IndirectPingReq:
             self._prober.on_indirect_ping(msg, src, now=now)  # type: ignore[arg-type]
         elif t is Nack:
@@ -590,8 +594,8 @@ class Swim:
                 names = sorted(by_name)
                 left = [n for n in names if by_name[n].state >= DEAD and n in serf.leaving]
                 user = serf.local_state(names, left)
-            pp = PushPull(join=join, states=tuple(self._members.push_states()), user_state=user)
-            plain, framed = encode_message(pp), None
+            plain = encode_push_pull_parts(join, self._members.push_states_raw(), user)
+            framed = None
         if framed is None or self._out_keyring is not None:
             framed = self._frame_stream(plain)
         self._pp_cache = (key, plain, framed if self._out_keyring is None else None)

@@ -83,3 +83,76 @@ def test_prune_drops_most_sent_first() -> None:
     assert len(q) == 2
     q.clear()
     assert b.done and c.done and len(q) == 0
+
+
+class _ReferenceQueue:
+    """The queue's rules written the plain way (one sorted list, a linear scan per pick)."""
+
+    def __init__(self, mult: int) -> None:
+        self.mult = mult
+        self.items: list[list] = []  # [transmits, id, key, msg]
+        self.next_id = 0
+
+    def queue(self, msg: bytes, key: str | None = None) -> None:
+        if key is not None:
+            self.items = [it for it in self.items if it[2] != key]
+        self.next_id += 1
+        self.items.append([0, self.next_id, key, msg])
+
+    def get_broadcasts(self, overhead: int, limit: int, n: int) -> list[bytes]:
+        from meshnet.gossip.util import retransmit_limit
+
+        tl = retransmit_limit(self.mult, n)
+        order = sorted(self.items, key=lambda it: (it[0], -len(it[3]), -it[1]))
+        used, out, taken = 0, [], []
+        for t in sorted({it[0] for it in order}):
+            for it in [x for x in order if x[0] == t]:
+                free = limit - used - overhead
+                if free <= 0:
+                    break
+                if len(it[3]) <= free:
+                    used += overhead + len(it[3])
+                    out.append(it[3])
+                    taken.append(it)
+            if limit - used - overhead <= 0:
+                break
+        for it in taken:
+            it[0] += 1
+            if it[0] >= tl:
+                self.items.remove(it)
+        return out
+
+    def prune(self, keep: int) -> int:
+        dropped = 0
+        while len(self.items) > keep:
+            order = sorted(self.items, key=lambda it: (it[0], -len(it[3]), -it[1]))
+            self.items.remove(order[-1])
+            dropped += 1
+        return dropped
+
+
+def test_matches_the_plain_rules_on_random_scripts() -> None:
+    import random
+
+    for seed in range(300):
+        rng = random.Random(seed)
+        q, ref = BroadcastQueue(rng.choice([1, 2, 4])), None
+        ref = _ReferenceQueue(q.retransmit_mult)
+        sizes = rng.sample(range(0, 40), rng.randint(1, 5))
+        for _ in range(rng.randint(1, 120)):
+            op = rng.random()
+            if op < 0.45:
+                key = rng.choice([None, "a", "b", "c", "d", "e", "f"])
+                msg = bytes([rng.randrange(256)]) * rng.choice(sizes)
+                q.queue(msg, key)
+                ref.queue(msg, key)
+            elif op < 0.95:
+                args = (rng.choice([0, 1, 2]), rng.randint(0, 90), rng.choice([3, 10, 200]))
+                assert q.get_broadcasts(*args) == ref.get_broadcasts(*args), seed
+            else:
+                keep = rng.randint(0, 6)
+                assert q.prune(keep) == ref.prune(keep)
+            assert len(q) == len(ref.items)
+            assert [b.msg for b in q] == [
+                it[3] for it in sorted(ref.items, key=lambda it: (it[0], -len(it[3]), -it[1]))
+            ]

@@ -286,3 +286,79 @@ def test_stream_frame_length_limits() -> None:
     pp = codec.encode_message(PushPull(join=False, user_state=b"x" * 100))
     assert packet.stream_frame_length(pp[:-50], keyring=None) is None
     assert packet.stream_frame_length(pp, keyring=None) == len(pp)
+
+
+# --- decoding shortcuts (memoized parts and node states, C skipping): same answers -------------------
+
+
+def test_decoded_parts_carry_their_bytes_only_when_canonical() -> None:
+    from meshnet.gossip.messages import Alive, Dead
+
+    alive = codec.encode_message(Alive(incarnation=3, node="a", addr=b"\x7f\x00\x00\x01", port=7946))
+    dead = codec.encode_message(Dead(incarnation=1, node="b", from_node="c"))
+    # the same alive written the way a lenient encoder might (bin type for Addr): decodes equal,
+    # but re-broadcasting it must re-encode canonically
+    loose = b"\x04" + __import__("msgpack").packb(
+        {"Addr": b"\x7f\x00\x00\x01", "Incarnation": 3, "Meta": b"", "Node": "a", "Port": 7946,
+         "Vsn": bytes([1, 5, 2, 2, 5, 5])}, use_bin_type=True)  # fmt: skip
+    for _ in range(2):  # the second round comes from the cache
+        got = packet.decode_datagram_parts(codec.encode_compound([alive, dead, PING, loose]), keyring=None)
+        assert [m for m, _ in got] == packet.decode_datagram(
+            codec.encode_compound([alive, dead, PING, loose]), keyring=None
+        )
+        assert [r for _, r in got] == [alive, dead, None, None]
+        assert got[0][0] == got[3][0]
+    # a cached part is still rejected where it is not allowed, and garbage is never cached
+    with pytest.raises(DecodeError):
+        packet.decode_stream(alive, keyring=None)
+    for _ in range(2):
+        with pytest.raises(DecodeError):
+            packet.decode_datagram(codec.encode_compound([alive, b"\x04\xc1"]), keyring=None)
+
+
+def test_push_pull_decoding_is_the_same_from_the_state_cache() -> None:
+    from meshnet.gossip.messages import PushNodeState
+
+    states = tuple(
+        PushNodeState(name=f"n{i}", addr=bytes([10, 0, 0, i]), port=7946, meta=b"\xff\x80" if i % 2 else None,
+                      incarnation=i, state=i % 4)
+        for i in range(20)
+    )  # fmt: skip
+    frame = codec.encode_message(PushPull(join=True, states=states, user_state=b"user"))
+    first = codec.decode_push_pull(frame)
+    again = codec.decode_push_pull(frame)
+    assert first == again == PushPull(join=True, states=states, user_state=b"user")
+    assert all(a is b for a, b in zip(first.states, again.states, strict=True))
+    for cut in (len(frame) - 5, len(frame) // 2, 12):
+        with pytest.raises(DecodeError):
+            codec.decode_push_pull(frame[:cut])
+    # states written by hand: a bad one is an error, also after good ones were cached
+    bad = frame[:1] + codec.pack({"Join": False, "Nodes": 2, "UserStateLen": 0}) + codec.pack(
+        {"Name": "x", "Port": 1}) + codec.pack([1, 2])  # fmt: skip
+    with pytest.raises(DecodeError, match="pushNodeState"):
+        codec.decode_push_pull(bad)
+
+
+def test_fast_frame_length_agrees_with_the_walker() -> None:
+    from meshnet.gossip.messages import PushNodeState
+
+    r = random.Random(5)
+    states = tuple(
+        PushNodeState(name=f"node-{i}" * r.randint(1, 9), addr=bytes(16 if i % 3 else 4), port=i,
+                      meta=bytes(r.randrange(256) for _ in range(r.randint(0, 300))), incarnation=r.getrandbits(32),
+                      state=i % 4)
+        for i in range(60)
+    )  # fmt: skip
+    frame = codec.encode_message(PushPull(join=False, states=states, user_state=b"u" * 70000))
+    head_end = packet._skip_value(frame, 1)
+    assert head_end is not None
+    for cut in [len(frame), len(frame) - 1, *sorted(r.sample(range(1, len(frame)), 300))]:
+        buf = frame[:cut]
+        assert packet._skip_values_fast(buf, head_end, 60) == packet._skip_value(buf, head_end, 60)
+        assert packet.stream_frame_length(buf, keyring=None) == (len(frame) if cut == len(frame) else None)
+    mangled = bytearray(frame)
+    second = packet._skip_value(frame, head_end)
+    assert second is not None
+    mangled[second] = 0xC1  # where the second state's map begins: never valid msgpack
+    with pytest.raises(DecodeError):
+        packet.stream_frame_length(bytes(mangled), keyring=None)

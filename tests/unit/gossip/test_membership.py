@@ -108,6 +108,10 @@ def test_alive_with_bad_versions_is_ignored() -> None:
     assert w.m.alive(bad, now=0.0) is Action.IGNORE
     assert w.m.get("a") is None
     assert w.stats["alive_bad_version"] == 1
+    # also about a known member, when the alive is not newer (the shortcut must not skip the check)
+    w.alive("a", 2)
+    assert w.m.alive(Alive(1, "a", IP["a"], 7946, b"", bytes([2, 1, 2, 2, 5, 5])), now=0.0) is Action.IGNORE
+    assert w.stats["alive_bad_version"] == 2
 
 
 def test_suspect_then_timeout_three_nodes() -> None:
@@ -363,3 +367,19 @@ def test_probe_order_skips_self_and_dead_and_visits_everyone() -> None:
     w.m.dead(Dead(1, "c", "a"), now=0.0)
     seen = [w.m.next_probe_target(1.0).name for _ in range(4)]
     assert sorted(seen[:2]) == ["a", "b"] and sorted(seen[2:]) == ["a", "b"]
+
+
+def test_verify_protocol_shortcut_answers_like_the_walk_in_order() -> None:
+    r = random.Random(3)
+    vectors = [DEFAULT_VSN, bytes([1, 5, 2, 2, 5, 4]), bytes([2, 4, 3, 2, 5, 5]), bytes([1, 5, 2]), b"",
+               bytes([1, 3, 2, 3, 5, 3]), bytes([1, 5, 5, 2, 5, 5])]  # fmt: skip
+    for _ in range(400):
+        w = World()
+        for name in ("a", "b", "c"):
+            if r.random() < 0.5:
+                w.m.alive(Alive(1, name, IP[name], 7946, b"", r.choice(vectors[:3])), now=0.0)
+        remote = [
+            PushNodeState(f"r{i}", IP["a"], 7946, b"", 1, r.choice([0, 0, 0, 1, 2, 3]), r.choice(vectors))
+            for i in range(r.randint(0, 5))
+        ]
+        assert w.m.verify_protocol(remote) == w.m._verify_protocol_in_order(remote)
