@@ -152,6 +152,8 @@ class Ipam(OwnerRole, RequesterRole, ReclaimRole):
         self._hint_dirty: dict[SpaceId, set[int]] = {}
         self._hint_last: dict[SpaceId, float] = {}
         self._counters: dict[str, int] = {}
+        #: blocks whose departed writer's best record this node re-publishes: block -> origin
+        self._copies: dict[tuple[SpaceId, int], str] = {}
         self._init_roles()
         if records is not None:
             self._restore(records, now)
@@ -226,6 +228,8 @@ class Ipam(OwnerRole, RequesterRole, ReclaimRole):
                 self._retired[key[1]] = v
             elif kind == "node":
                 self._nodes[key[1]] = v
+            elif kind == "copy":
+                self._copies[(SpaceId(key[1], key[2]), key[3])] = v
         for (sid, k), b in sorted(s.blocks.items()):
             self._index_block(sid, k, b)
             self._blocks[(sid, k)] = b
@@ -256,6 +260,10 @@ class Ipam(OwnerRole, RequesterRole, ReclaimRole):
         for (sid, k), b in sorted(self._blocks.items()):
             if b.believe and (b.hw > 1 or b.allocs or b.seq) or b.granted_to:
                 self._write_block_record(sid, k, now)
+        for (sid, k), origin in sorted(self._copies.items()):
+            e = self._view.explicit(sid, k)
+            if e is not None and e.writer == origin:
+                self._publish_copy(sid, k, e)
         self._count("restarts")
 
     # ------------------------------------------------------------------ identity and reads
@@ -302,6 +310,34 @@ class Ipam(OwnerRole, RequesterRole, ReclaimRole):
     def view_entry(self, network: str, space: str, k: int) -> ViewEntry | None:
         sp = self._spaces.get(SpaceId(network, space))
         return None if sp is None else self._view.get(sp, k)
+
+    def attached_networks(self) -> list[str]:
+        """Networks this node uses (the shell keeps them joined in NetworkDB, also after a restart)."""
+        return sorted(self._attached)
+
+    def believed(self) -> dict[tuple[SpaceId, int], int]:
+        """Blocks believed (in memory) -> epoch; empty when retired or fenced."""
+        if not self._can_believe():
+            return {}
+        return {(sid, k): self._blocks[(sid, k)].hw for sid, ks in self._believed.items() for k in ks}
+
+    def view_snapshot(self) -> dict[tuple[SpaceId, int], ViewEntry]:
+        """The explicit view entries (blocks without one are at genesis)."""
+        return dict(self._view.items())
+
+    def pending_grants(self) -> dict[tuple[SpaceId, int], str]:
+        """Grants issued by this node and not yet confirmed: block -> target."""
+        return {key: self._blocks[key].granted_to for key in sorted(self._pending_grants)}
+
+    def unconfirmed_grants(self) -> dict[tuple[SpaceId, int], ViewEntry]:
+        """View entries that are grants without a confirming held record."""
+        return {
+            key: e for key in sorted(self._view.unconfirmed) if (e := self._view.explicit(*key)) is not None
+        }
+
+    def proposals(self) -> dict[tuple[SpaceId, int], int]:
+        """Active reclaim proposals of this node: block -> proposed epoch."""
+        return {key: e for key, (_, e) in self._proposals.items()}
 
     def spaces(self) -> list[SpaceId]:
         return sorted(self._spaces)
@@ -462,23 +498,33 @@ class Ipam(OwnerRole, RequesterRole, ReclaimRole):
     # ------------------------------------------------------------------ inputs: membership
 
     def node_alive(self, name: str, *, now: float) -> None:
-        """The gossip layer sees ``name`` alive."""
+        """The gossip layer sees ``name`` alive: it speaks for its records again (copies are dropped)."""
         if name != self.name:
             self._members[name] = "alive"
+            for key, origin in sorted(self._copies.items()):
+                if origin == name:
+                    self._copies.pop(key)
+                    self._out.put(("copy", key[0].scope, key[0].name, key[1]), None)
+                    b = self._block(*key)
+                    if not b.believe and not b.granted_to and key not in self._proposals:
+                        self._delete_block_record(*key)
         self._done(now)
 
     def node_failed(self, name: str, *, now: float) -> None:
-        """The gossip layer declared ``name`` failed: requests waiting on it move on at once."""
-        if name != self.name:
+        """The gossip layer declared ``name`` failed: requests waiting on it move on at once; its
+        ownership records are re-published as copies while it is down (stewardship)."""
+        if name != self.name and self._members.get(name) != "failed":
             self._members[name] = "failed"
             self._owner_gone(name, now)
+            self._steward(name)
         self._done(now)
 
     def node_left(self, name: str, *, now: float) -> None:
         """``name`` left gracefully or was reaped."""
-        if name != self.name:
+        if name != self.name and self._members.get(name) != "left":
             self._members[name] = "left"
             self._owner_gone(name, now)
+            self._steward(name)
         self._done(now)
 
     def network_synced(self, network: str, *, now: float) -> None:
@@ -653,6 +699,7 @@ class Ipam(OwnerRole, RequesterRole, ReclaimRole):
         self._out.put(("netcfg", c.network), c)
         for sp in spaces_of(self.config, None, {c.network: c}).values():
             self._install_space(sp)
+        self._claim_netcfg_units(c, now)
         if c.network in self._attached:
             self._publish_netcfg(c.network)
             self._attached_ready(c.network, now)
@@ -721,6 +768,42 @@ class Ipam(OwnerRole, RequesterRole, ReclaimRole):
         self._stage_write(TABLE_BLOCK, sid.scope, block_key(sid.name, k, self.name), encode_block(rec))
         self._offer_view(sid, k, ViewEntry.of(rec, self.name), now)
 
+    def _steward(self, departed: str) -> None:
+        """A failed writer's entries live only in the memory of others, and NetworkDB deletes a departed
+        (left or reaped) writer's entries: re-publish its records that are still the best in this view,
+        under this node's key (``origin`` = the writer), until it is alive again, so its ownership stays
+        known to nodes that join or restart later and views keep agreeing (ipam.md 3.8 keeps it only in
+        the views of the nodes that saw it)."""
+        for (sid, k), e in sorted(self._view.items()):
+            if e.writer == departed:
+                self._steward_one(sid, k, e)
+
+    def _steward_one(self, sid: SpaceId, k: int, e: ViewEntry) -> None:
+        b = self._block(sid, k)
+        if (sid, k) in self._copies or b.believe or b.granted_to or (sid, k) in self._proposals:
+            return
+        self._copies[(sid, k)] = e.writer
+        self._out.put(("copy", sid.scope, sid.name, k), e.writer)
+        self._publish_copy(sid, k, e)
+        self._count("stewarded")
+
+    def _publish_copy(self, sid: SpaceId, k: int, e: ViewEntry) -> None:
+        to = e.owner if e.state == "granted" else ""
+        rec = BlockRecord(e.epoch, e.state, to=to, used=e.used, seq=max(e.seq, 0), origin=e.writer)
+        self._stage_write(TABLE_BLOCK, sid.scope, block_key(sid.name, k, self.name), encode_block(rec))
+
+    def _drop_copy(self, sid: SpaceId, k: int, entry: ViewEntry) -> None:
+        self._copies.pop((sid, k))
+        self._out.put(("copy", sid.scope, sid.name, k), None)
+        b = self._block(sid, k)
+        if (
+            entry.writer != self.name
+            and not b.believe
+            and not b.granted_to
+            and (sid, k) not in self._proposals
+        ):
+            self._delete_block_record(sid, k)
+
     def _delete_block_record(self, sid: SpaceId, k: int) -> None:
         self._stage_write(TABLE_BLOCK, sid.scope, block_key(sid.name, k, self.name), None)
 
@@ -736,6 +819,11 @@ class Ipam(OwnerRole, RequesterRole, ReclaimRole):
         improved, changed = self._view.offer(sid, k, entry, now=now)
         if not improved:
             return
+        copied = self._copies.get((sid, k))
+        if copied is not None and entry.writer != copied:
+            self._drop_copy(sid, k, entry)
         if changed:
             self._out.put(("view", sid.scope, sid.name, k), entry)
         self._view_changed(sid, k, entry, now)
+        if self._members.get(entry.writer) in ("failed", "left"):
+            self._steward_one(sid, k, entry)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from .config import IpamConfig
@@ -26,14 +27,22 @@ def spaces_of(
     """Every space the configs define (the global ones first, then networks in id order)."""
     out: dict[SpaceId, Space] = {}
     if global_cfg is not None:
-        for sp in (Space.for_vni(global_cfg), Space.for_pool(global_cfg, config)):
+        for sp in _global_spaces(config, global_cfg):
             out[sp.id] = sp
     for net in sorted(netcfgs):
-        c = netcfgs[net]
-        for sub in c.subnets:
-            sp = Space.for_subnet(net, sub, c.creator, config)
+        for sp in _net_spaces(config, netcfgs[net]):
             out[sp.id] = sp
     return out
+
+
+@lru_cache(maxsize=4096)
+def _global_spaces(config: IpamConfig, g: GlobalConfig) -> tuple[Space, ...]:
+    return (Space.for_vni(g), Space.for_pool(g, config))
+
+
+@lru_cache(maxsize=4096)
+def _net_spaces(config: IpamConfig, c: NetConfig) -> tuple[Space, ...]:
+    return tuple(Space.for_subnet(c.network, sub, c.creator, config) for sub in c.subnets)
 
 
 @dataclass

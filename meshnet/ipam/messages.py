@@ -14,8 +14,9 @@ treats them as unreliable one-way datagrams (lost, duplicated, reordered) and do
     Release        holder -> owner  free offset (or, with offset -1, whatever the owner holds for the tag)
     ReleaseAck     owner -> holder  done | not_owner
     ReclaimIntent  reclaimer -> every other member: fence these blocks at these epochs (reclaim.py)
-    ReclaimReply   member -> reclaimer: acks (fenced), nacks (with a reason) and the member's own
-                                    holdings in those blocks (addresses it got by proxy)
+    ReclaimReply   member -> reclaimer: acks (fenced), nacks (with a reason) and the holdings the
+                                    member knows in those blocks (addresses it got by proxy; VNIs and
+                                    pool subnets of the networks it knows)
 
 Wire form: ``msgpack [version, kind, sender, cluster_id, *body]``. ``decode`` validates every field and
 raises only ``DecodeError``.
@@ -135,7 +136,7 @@ class ReclaimReply:
     space: str
     acks: tuple[int, ...]
     nacks: tuple[tuple[int, str], ...]
-    holdings: tuple[tuple[int, str], ...]  # (offset, tag) held by the replier
+    holdings: tuple[tuple[int, str, str], ...]  # (offset, holder node, tag) known to the replier
 
 
 Message = (
@@ -267,5 +268,5 @@ def decode(data: bytes) -> Envelope:
                              _pairs(b[4], lambda e: _i(e, 1)))  # fmt: skip
     else:
         body = ReclaimReply(_i(b[0], 0, _MAX_ID), _s(b[1]), _s(b[2], empty=False),
-                            tuple(_i(k) for k in _l(b[3])), _pairs(b[4], _s), _pairs(b[5], _s))  # fmt: skip
+                            tuple(_i(k) for k in _l(b[3])), _pairs(b[4], _s), decode_used(b[5]))  # fmt: skip
     return Envelope(sender, cluster_id, body)

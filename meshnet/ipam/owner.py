@@ -193,11 +193,53 @@ class OwnerRole:
             allocs[off] = Holder(node, tag)
             if tag == QUARANTINE:
                 self._quarantine[(sid, off)] = now + self.config.quarantine_interval
+        if sp is not None:
+            lo, hi = sp.block_range(k)
+            for off, node, tag in self._netcfg_units(sid):
+                if lo <= off < hi:
+                    allocs[off] = Holder(node, tag)
         self._set_block(sid, k, BlockState(hw=max(epoch, b.hw), believe=True, allocs=allocs, seq=b.seq))
         self._write_block_record(sid, k, now)
         self._count("grants_accepted")
         self._space_gained(sid, now)
         return True
+
+    # ------------------------------------------------------------------ networks own their VNI
+
+    def _netcfg_units(self: Any, sid: SpaceId) -> list[tuple[int, str, str]]:
+        """(offset, creator, ``net:<id>``) of every known network's VNI or pool subnet in global space
+        ``sid``: the replicated netcfgs are the truth for these units, whatever a block record says."""
+        sp = self._spaces.get(sid)
+        if sp is None or sid.scope or sp.kind not in ("vni", "pool"):
+            return []
+        out = []
+        for net, c in sorted(self._netcfg.items()):
+            value = c.vni if sp.kind == "vni" else c.pool_subnet
+            if value is not None and sp.contains(str(value)):
+                out.append((sp.offset(value), c.creator, f"net:{net}"))
+        return out
+
+    def _claim_netcfg_units(self: Any, c: Any, now: float) -> None:
+        """A network became known: make sure its VNI (and pool subnet) is allocated where this node is
+        the believer (repairs a block whose record had not shown it), alarm on a clash."""
+        for sid in (SpaceId("", "vni"), SpaceId("", "pool")):
+            sp = self._spaces.get(sid)
+            value = c.vni if sid.name == "vni" else c.pool_subnet
+            if sp is None or value is None or not sp.contains(str(value)):
+                continue
+            off = sp.offset(value)
+            k = sp.block_of(off)
+            if not self._believes(sid, k):
+                continue
+            holder = Holder(c.creator, f"net:{c.network}")
+            cur = self._block(sid, k).allocs.get(off)
+            if cur is None:
+                self._alloc(sid, k, off, holder, now)
+                self._count("netcfg_repairs")
+            elif cur != holder:
+                self._alarm(
+                    "vni_clash", f"{sp.value(off)} of {c.network} is also held by {cur.node}/{cur.tag}"
+                )
 
     # ------------------------------------------------------------------ the view moved
 

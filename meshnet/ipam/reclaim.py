@@ -28,7 +28,8 @@ would both win). This is the deviation: acknowledgements instead of a timer.
    *nack* if M believes it, if M's hw > e' (M knows a later epoch), if M's view has a chain record at
    >= e', or if M proposes the block itself with priority (higher epoch, or equal epoch and lower
    name); otherwise *ack*, after persisting hw_M = max(hw_M, e') (and abandoning its own weaker
-   proposal). The answer lists M's proxy holdings in those blocks.
+   proposal). The answer lists the holdings M knows in those blocks: addresses M got by proxy, and
+   the VNIs and pool subnets of the networks M knows (a network outlives its creator).
 4. A block every acker acked is won: persist belief at e' with allocations = the target's last known
    ``used`` (endpoint addresses quarantined ``quarantine_interval``; VIPs, VNIs and other nodes'
    addresses kept) plus the holdings the acks reported; write the held record. A nack abandons the block.
@@ -134,9 +135,11 @@ class ReclaimRole:
         self._out.put(("ident",), self._id)
         self._on_retired(self.name, RetiredRecord("leave", self.name), now)
         for (sid, off), rh in sorted(self._remote.items()):
+            if rh.tag.startswith(KEEP_TAGS):
+                continue  # a VIP or a network's VNI outlives this node (3.11)
+            del self._remote[(sid, off)]
             self._out.put(("remote", sid.scope, sid.name, off), None)
             self._add_release(PendingRelease(sid.scope, sid.name, off, rh.tag, rh.owner))
-        self._remote.clear()
         op = _LeaveOp(op_id, now + self.config.leave_wait)
         for sid, ks in believed.items():
             if not ks:
@@ -303,10 +306,10 @@ class ReclaimRole:
         for k in m.acks:
             if (sid, k) in op.pending:
                 op.pending[(sid, k)].discard(src)
-        for off, tag in m.holdings:
+        for off, node, tag in m.holdings:
             key = (sid, sp.block_of(off)) if off < sp.size else None
             if key in op.blocks:
-                op.holdings.setdefault(key, []).append((off, src, tag))
+                op.holdings.setdefault(key, []).append((off, node, tag))
         for k, _reason in m.nacks:
             if (sid, k) in op.blocks:
                 self._abandon(op, (sid, k))
@@ -333,6 +336,10 @@ class ReclaimRole:
             allocs[off] = Holder(node, tag)
         for off, node, tag in op.holdings.get(key, ()):
             allocs[off] = Holder(node, tag)
+        lo, hi = sp.block_range(k)
+        for off, node, tag in self._netcfg_units(sid):
+            if lo <= off < hi:
+                allocs[off] = Holder(node, tag)
         for off, h in allocs.items():
             if h.tag == QUARANTINE:
                 self._quarantine[(sid, off)] = now + self.config.quarantine_interval
@@ -348,7 +355,10 @@ class ReclaimRole:
         p = self._proposals.get(key)
         if p is not None and p[0] == op.id:
             del self._proposals[key]
-            if not self._block(*key).granted_to:
+            e = self._view.explicit(*key)
+            if key in self._copies and e is not None and e.writer == self._copies[key]:
+                self._publish_copy(key[0], key[1], e)
+            elif not self._block(*key).granted_to:
                 self._delete_block_record(*key)
         op.abandoned += 1
 
@@ -412,12 +422,14 @@ class ReclaimRole:
             if b.hw < e:
                 self._set_block(sid, k, b.with_(hw=e))
             acks.append(k)
-        holdings = tuple(
-            (off, rh.tag)
-            for (s, off), rh in sorted(self._remote.items())
-            if s == sid and sp is not None and sp.block_of(off) in ks
-        )
-        self._send(src, msg.ReclaimReply(m.rid, m.scope, m.space, tuple(acks), tuple(nacks), holdings))
+        holdings = []
+        if sp is not None:
+            holdings = [(off, self.name, rh.tag) for (s, off), rh in sorted(self._remote.items())
+                        if s == sid and sp.block_of(off) in ks]  # fmt: skip
+            holdings += [
+                (off, node, tag) for off, node, tag in self._netcfg_units(sid) if sp.block_of(off) in ks
+            ]
+        self._send(src, msg.ReclaimReply(m.rid, m.scope, m.space, tuple(acks), tuple(nacks), tuple(holdings)))
 
     def _nack_reason(self: Any, sid: SpaceId, k: int, e: int, src: str) -> str:
         b = self._block(sid, k)

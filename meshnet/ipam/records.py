@@ -12,7 +12,10 @@ keys by epoch, in the derived view (``view.py``). Tables:
   the writer gave the block to ``to`` at ``epoch``; ``used`` is the manifest the grant carries (empty for
   a request-driven grant, which only moves fully free blocks). ``reclaim``: ``by`` asked the members to
   fence the block at ``epoch`` (a hint for status; the acknowledgements decide, ``reclaim.py``).
-  ``seq`` orders one writer's rewrites at one epoch (hint updates).
+  ``seq`` orders one writer's rewrites at one epoch (hint updates). ``origin`` marks a *copy*: when a
+  writer leaves or is reaped, NetworkDB deletes its entries, so every node re-publishes, under its own
+  key, the records of that writer its view still ranks best (stewardship, ``core.py``); readers treat a
+  copy exactly as the original, so nodes that join later learn the same ownership.
 - ``ipam.netcfg`` (scope ``""``), key ``<network>@<writer>``: the immutable ``NetConfig``; key
   ``_global@<writer>``: the ``GlobalConfig`` of the VNI and pool spaces. Re-published unchanged by every
   node that uses them, so the genesis owner stays known after its writer's records are gone.
@@ -91,6 +94,8 @@ class BlockRecord:
     by: str = ""
     used: tuple[tuple[int, str, str], ...] = ()
     seq: int = 0
+    #: set on a copy: the departed node that wrote the original (see ``core.py``, stewardship)
+    origin: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,11 +190,11 @@ def decode_used(v: Any) -> tuple[tuple[int, str, str], ...]:
 
 
 def encode_block(r: BlockRecord) -> bytes:
-    return _pack("block", [r.epoch, r.state, r.to, r.by, [list(u) for u in r.used], r.seq])
+    return _pack("block", [r.epoch, r.state, r.to, r.by, [list(u) for u in r.used], r.seq, r.origin])
 
 
 def decode_block(data: bytes) -> BlockRecord:
-    epoch, state, to, by, used, seq = _unpack(data, "block", 6)
+    epoch, state, to, by, used, seq, origin = _unpack(data, "block", 7)
     if state not in _STATES:
         raise DecodeError(f"unknown block state {state!r}")
     r = BlockRecord(
@@ -199,6 +204,7 @@ def decode_block(data: bytes) -> BlockRecord:
         _str(by, "by"),
         decode_used(used),
         _int(seq, "seq"),
+        _str(origin, "origin"),
     )
     if (r.state == "granted") != bool(r.to) or (r.state == "reclaim") != bool(r.by):
         raise DecodeError("block record: to/by do not match the state")

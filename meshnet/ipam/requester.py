@@ -442,6 +442,7 @@ class RequesterRole:
 
     def _space_gained(self: Any, sid: SpaceId, now: float) -> None:
         self._eager.pop(sid, None)
+        self._ensure_attached(sid.scope)
         for op in sorted(self._ops.values(), key=lambda o: o.id):
             if isinstance(op, _AllocOp) and op.sid == sid and not op.done:
                 if op.asking:
@@ -506,6 +507,15 @@ class RequesterRole:
             self._out.put(("release", m.rid), pr)
 
     # ------------------------------------------------------------------ eager block requests
+
+    def _ensure_attached(self: Any, network: str) -> None:
+        """A node that believes blocks of a network uses it: it re-publishes the network's config, so the
+        config outlives its creator and the nodes that attached first."""
+        if network and network not in self._attached:
+            self._attached.add(network)
+            self._out.put(("attached", network), True)
+            if network in self._netcfg:
+                self._publish_netcfg(network)
 
     def _attached_ready(self: Any, network: str, now: float) -> None:
         for sid in self._netcfg[network].space_ids():

@@ -49,6 +49,7 @@ class ViewEntry:
 
     @classmethod
     def of(cls, rec: BlockRecord, writer: str) -> ViewEntry:
+        writer = rec.origin or writer
         if rec.state == "held":
             return cls(rec.epoch, "held", writer, writer, rec.used, rec.seq)
         return cls(rec.epoch, "granted", rec.to, writer, rec.used, rec.seq)

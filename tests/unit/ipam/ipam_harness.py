@@ -75,6 +75,10 @@ class HostSlot:
     inflight: list[Persist] = field(default_factory=list)
     #: a reclaimed host may never restart with this disk's identity (the operator said it is gone)
     destroyed: bool = False
+    #: bumped on every change of ``disk`` (summaries are cached per version)
+    disk_version: int = 0
+    #: bumped on every change of ``replica`` (anti-entropy skips unchanged peers)
+    replica_version: int = 0
 
 
 class Cluster:
@@ -118,6 +122,12 @@ class Cluster:
         self.trace_tail: list[str] = []
         self.delivered = 0
         self.dropped = 0
+        #: delivered direct messages (src host, dst host, dst name, payload), for replays
+        self.history: list[tuple[str, str, str, bytes]] = []
+        self._traps: dict[str, int] = {}
+        self._summaries: dict[str, tuple[tuple[int, int], Any]] = {}
+        self._synced: dict[tuple[Any, ...], int] = {}
+        self._crash_now: list[str] = []
         for i, h in enumerate(hosts):
             self._start(h, founder=found and i == 0)
         for h in hosts:
@@ -194,8 +204,11 @@ class Cluster:
     def call(self, host: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """Invoke an Ipam method on ``host`` at the current time, then collect its outputs."""
         kwargs["now"] = self.now
+        if method in ("attach", "create_network"):
+            self._join(host, args[0])  # the shell joins the network in NetworkDB first
         out = getattr(self.ipam(host), method)(*args, **kwargs)
         self.pump(host)
+        self._reap_traps()
         return out
 
     def pump(self, host: str) -> None:
@@ -213,6 +226,31 @@ class Cluster:
         while (ev := core.next_event()) is not None:
             slot.events.append(ev)
             self.trace(f"{slot.name} event {ev!r}")
+        if host in self._traps:
+            self._traps[host] -= 1
+            if self._traps[host] <= 0:
+                del self._traps[host]
+                self._crash_now.append(host)
+
+    def crash_after(self, host: str, inputs: int = 1) -> None:
+        """Crash ``host`` right after it handled ``inputs`` more inputs (a message, a record, a timer, an
+        fsync), before anything else happens: the persists it just issued are lost."""
+        self._traps[host] = inputs
+
+    def clear_traps(self) -> None:
+        self._traps.clear()
+
+    def replay(self, i: int) -> None:
+        """Deliver again (now + latency) the ``i``-th remembered message: a duplicate with any delay."""
+        src, dst, dst_name, payload = self.history[i % len(self.history)]
+        self.trace(f"replay {src}->{dst_name}")
+        self._schedule(self.now + self.latency, "msg", (src, dst, dst_name, payload))
+
+    def _reap_traps(self) -> None:
+        while self._crash_now:
+            h = self._crash_now.pop(0)
+            if self.is_up(h):
+                self.crash(h)
 
     def _schedule(self, t: float, kind: str, payload: tuple[Any, ...]) -> None:
         self._seq += 1
@@ -234,9 +272,10 @@ class Cluster:
             if who is not None:
                 self.ipam(who).handle_timer(now=self.now)
                 self.pump(who)
-                continue
-            _, _, kind, payload = heapq.heappop(self._heap)
-            getattr(self, f"_do_{kind}")(*payload)
+            else:
+                _, _, kind, payload = heapq.heappop(self._heap)
+                getattr(self, f"_do_{kind}")(*payload)
+            self._reap_traps()
         self.now = max(self.now, t)
 
     def run_for(self, dt: float) -> None:
@@ -250,6 +289,7 @@ class Cluster:
             return
         p = slot.inflight.pop(0)
         assert slot.disk is not None
+        slot.disk_version += 1
         for key, value in p.records:
             if value is None:
                 slot.disk.pop(key, None)
@@ -268,6 +308,9 @@ class Cluster:
             return
         self.delivered += 1
         self._hash.update(b"m" + payload[:64])
+        self.history.append((src, dst, dst_name, payload))
+        if len(self.history) > 400:
+            del self.history[:200]
         self.ipam(dst).receive_message(self.slots[src].name, payload, now=self.now)
         self.pump(dst)
 
@@ -305,6 +348,7 @@ class Cluster:
         self._version += 1
         rec = Rec(value, slot.name, self._version)
         slot.replica[(table, network, key)] = rec
+        slot.replica_version += 1
         for other in self.up:
             if other == host or network not in self.slots[other].joined or not self.can_talk(host, other):
                 continue
@@ -321,6 +365,7 @@ class Cluster:
         if cur is not None and cur.version >= rec.version:
             return
         slot.replica[slot_key] = rec
+        slot.replica_version += 1
         if rec.value is not None and slot.core is not None:
             table, network, key = slot_key
             slot.core.handle_record(table, network, key, rec.value, owner=rec.writer, now=self.now)
@@ -329,9 +374,14 @@ class Cluster:
     def _sync_pair(self, a: str, b: str, only: str | None = None) -> None:
         """``a`` learns ``b``'s entries of the scopes both joined."""
         sa, sb = self.slots[a], self.slots[b]
-        for slot_key, rec in sorted(sb.replica.items()):
+        mark = (sa.name, sb.name, sa.lives, frozenset(sa.joined))
+        if only is None and self._synced.get(mark) == sb.replica_version:
+            return
+        for slot_key, rec in list(sb.replica.items()):  # insertion order: deterministic
             if (only is None or slot_key[1] == only) and slot_key[1] in sa.joined:
                 self._merge(a, slot_key, rec)
+        if only is None:
+            self._synced[mark] = sb.replica_version
 
     def _join(self, host: str, network: str) -> None:
         slot = self.slots[host]
@@ -357,6 +407,7 @@ class Cluster:
         slot = self.slots[host]
         slot.lives += 1
         slot.replica, slot.joined, slot.inflight = {}, {""}, []
+        slot.events = []  # events (and op ids) belong to one life of a core
         rng = random.Random(f"{self.seed}:{host}:{slot.lives}")
         if restore:
             assert slot.disk is not None
@@ -366,12 +417,15 @@ class Cluster:
             name = host if n == 0 else f"{host}.{n}"
             assert name not in self.names_used
             slot.disk = {}
+            slot.disk_version += 1
             slot.destroyed = False
             slot.core = Ipam.fresh(
                 self.config, host=host, name=name, rng=rng, now=self.now,
                 cluster_id=self.cluster_id, founder=founder,
             )  # fmt: skip
         slot.name = slot.core.name
+        for net in slot.core.attached_networks():
+            self._join(host, net)
         self.names_used.add(slot.name)
         self.host_of[slot.name] = host
         self.left.discard(slot.name)
@@ -380,8 +434,16 @@ class Cluster:
         self.pump(host)
 
     def _announce(self, host: str) -> None:
-        """``host`` and every node it can talk to see each other alive."""
+        """``host`` and every node it can talk to see each other alive; ``host`` also learns the
+        verdicts the others hold (failed, left) about identities that are down, as gossip's push-pull
+        would tell it."""
         me = self.slots[host]
+        current = {s.name for s in self.slots.values() if s.core is not None}
+        for name in sorted(self.names_used - current - {me.name}):
+            if name in self.left:
+                me.core.node_left(name, now=self.now)
+            else:
+                me.core.node_failed(name, now=self.now)
         for other in self.up:
             if other != host and self.can_talk(host, other):
                 self.ipam(other).node_alive(me.name, now=self.now)
@@ -438,7 +500,8 @@ class Cluster:
         entries are removed; the host is down without state afterwards."""
         op = self.call(host, "leave")
         res = self.wait(host, op, timeout=wait if wait is not None else self.config.leave_wait + 1)
-        self.depart(host)
+        if self.is_up(host):  # else it crashed during the leave: a crash, not a departure
+            self.depart(host)
         return res
 
     def depart(self, host: str) -> None:
@@ -454,6 +517,7 @@ class Cluster:
         for h in self.up:
             s = self.slots[h]
             s.replica = {k: r for k, r in s.replica.items() if r.writer != name}
+            s.replica_version += 1
             if s.name != name:
                 self.ipam(h).node_left(name, now=self.now)
                 self.pump(h)
@@ -468,5 +532,14 @@ class Cluster:
     # ------------------------------------------------------------------ durable ground truth
 
     def summary(self, host: str):
-        disk = self.slots[host].disk
-        return None if disk is None else summarize(disk, self.config)
+        """What ``host``'s state directory says (``meshnet.ipam.summarize``), cached per disk version."""
+        slot = self.slots[host]
+        if slot.disk is None:
+            return None
+        key = (id(slot.disk), slot.disk_version)
+        cached = self._summaries.get(host)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        s = summarize(slot.disk, self.config)
+        self._summaries[host] = (key, s)
+        return s

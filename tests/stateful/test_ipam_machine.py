@@ -1,0 +1,641 @@
+"""Hypothesis rule machines over the IPAM harness (``tests/unit/ipam/ipam_harness.py``): ipam.md section 4.
+
+Rules: create networks (IPv4 /22../30, IPv6 /64, or a subnet of the default pool; also on several hosts
+at one instant), attach, allocate dynamic and static addresses and service VIPs, release, crash (also
+right after the next input, losing the persists in flight), restart with and without the state
+directory, partitions and healing, loss, duplication, reordering and replays of any old direct
+message, graceful leave, reap, explicit reclaim of a crashed host (the operator asserts it is gone:
+its state directory is never used again), and time.
+
+Safety, after every step. Ground truth is every host's durable state directory (crashed and partitioned
+hosts included) plus the running cores:
+
+* S1 at most one believer per block (durable; and in memory among the running cores);
+* S2 no address held twice: per address, the holders recorded by believers plus the proxy holdings of
+  every state directory name at most one (node, tag);
+* S3 per (space, block, epoch) at most one grant target is ever issued, and at most one identity whose
+  state directory still exists ever believes (the history of every persisted decision, genesis
+  included); S1 is also checked at every persist, so a transient double belief inside a run counts;
+* S4 a state directory's high-water marks never decrease, a running core's view never decreases, blocks
+  not believed hold no allocations;
+* S5 reserved addresses are never allocated; dynamic picks stay inside the subnet and its ip-range;
+* S6 distinct networks never share a VNI, and a network has one config everywhere;
+* S7 identities are never reused (the harness asserts it) and a retired identity never gains a belief.
+
+Liveness (``heal_and_settle`` and at teardown): heal, stop faults, restart crashed hosts, attach every
+node to every network, run 120 s; then L2 views agree and free hints are exact, L3 no grant to an alive
+node is unconfirmed and no reclaim is pending, L1 every node can allocate within 10 s in every network
+where an alive node owns a free address, L6 concurrent network creations all succeed with distinct VNIs.
+
+Mutation tests (S9): with one safety check removed (``IpamConfig.unsafe_*``, or a reclaim forced onto a
+live partitioned node) hypothesis must find a counterexample to S1/S2/S3.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+import pytest
+from hypothesis import HealthCheck, Phase, note, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from meshnet.ipam import Allocated, NetworkCreated, SpaceId, fast
+from meshnet.ipam.records import QUARANTINE
+from tests.unit.ipam.ipam_harness import Cluster
+
+PROFILE = os.environ.get("IPAM_MACHINE_PROFILE", "ci")
+_COMMON = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+MAIN = {
+    "ci": settings(derandomize=True, max_examples=25, stateful_step_count=30, **_COMMON),
+    "dev": settings(max_examples=200, stateful_step_count=50, **_COMMON),
+}[PROFILE]
+#: mutation runs stop at the first counterexample (no shrinking: the point is that one exists)
+MUTATION = settings(
+    derandomize=True,
+    max_examples=60,
+    stateful_step_count=25,
+    phases=[Phase.explicit, Phase.generate],
+    **_COMMON,
+)
+
+CFG = fast().with_(
+    vni_last=4096 + 16 * 16 - 1, vni_block_size=16, default_pool="10.0.0.0/20", default_pool_prefix=28
+)
+PREFIXES = [22, 24, 26, 28, 30, 64, 0]  # 0: a subnet of the default pool
+SETTLE = 120.0
+
+
+class IpamMachine(RuleBasedStateMachine):
+    """The rules and invariants of ipam.md section 4 (see the module docstring)."""
+
+    config = CFG
+    #: allow reclaiming a host that is up but cut off (the "--force on a live node" mutation)
+    force_reclaim_live = False
+
+    @initialize(n=st.integers(3, 5), seed=st.integers(0, 2**32 - 1))
+    def boot(self, n, seed):
+        self.c = Cluster(n, config=self.config, seed=seed)
+        self.c.on_persist = self._on_persist
+        self.log: list[str] = [f"boot n={n} seed={seed}"]
+        self.counter = 0
+        self.faulted = False
+        self.reaped = False
+        self.static: set[tuple[str, int]] = set()  # (identity, op) of static allocations
+        self.seen_events: dict[tuple[str, int], int] = defaultdict(int)
+        self.grants: dict[tuple[SpaceId, int, int], set[str]] = defaultdict(set)
+        self.beliefs: dict[tuple[SpaceId, int, int], set[str]] = defaultdict(set)
+        self.hw_seen: dict[str, dict] = defaultdict(dict)
+        self.view_seen: dict[str, dict] = defaultdict(dict)
+        self.retired_beliefs: dict[str, set] = {}
+        self.netcfgs: dict[str, object] = {}
+
+    # ------------------------------------------------------------------ helpers
+
+    def _say(self, text):
+        note(text)
+        self.log.append(f"{self.c.now:9.3f} {text}")
+
+    def _on_persist(self, host, p):
+        """Every durable decision: S3 history, and S1 at once (a transient double belief counts too)."""
+        name = self.c.name(host)
+        core = self.c.slots[host].core
+        for key, value in p.records:
+            if value is None:
+                continue
+            if key[0] == "block":
+                sid, k = SpaceId(key[1], key[2]), key[3]
+                if value.granted_to:
+                    self.grants[(sid, k, value.hw)].add(value.granted_to)
+                if value.believe:
+                    self.beliefs[(sid, k, value.hw)].add(name)
+            elif key[0] in ("netcfg", "global") and core is not None:
+                creator = value.creator if key[0] == "netcfg" else value.founder
+                if creator == name:
+                    for sid in value.space_ids():
+                        sp = core.space(sid.scope, sid.name)
+                        for k in range(sp.nblocks):
+                            self.beliefs[(sid, k, 1)].add(name)
+        s = self.c.summary(host)
+        mine = set(s.believed()) if s is not None else set()
+        for h in self.c.hosts:
+            if h == host or not mine:
+                continue
+            other = self.c.summary(h)
+            if other is None:
+                continue
+            both = mine & set(other.believed())
+            assert not both, f"S1: {name} and {self.c.name(h)} both durably believe {sorted(both)[:3]}"
+
+    def _up_with(self, pred=None):
+        return [h for h in self.c.up if pred is None or pred(h)]
+
+    def _known_nets(self, host):
+        core = self.c.ipam(host)
+        return [n for n in sorted(self.netcfgs) if core.netcfg(n) is not None]
+
+    def _subnet(self, plen):
+        i = self.counter
+        if plen == 0:
+            return None
+        if plen == 64:
+            return [f"fd00:{i + 1:x}::/64"]
+        return [f"10.{i % 250 + 1}.{(i // 250) * 4}.0/{plen}"]
+
+    def _drain(self):
+        """Look at new events: NetworkCreated configs, dynamic picks (S5)."""
+        for h, slot in sorted(self.c.slots.items()):
+            evs = slot.events
+            key = (h, slot.lives)
+            for ev in evs[self.seen_events[key] :]:
+                if isinstance(ev, NetworkCreated):
+                    self.netcfgs[ev.netcfg.network] = ev.netcfg
+                    self.log.append(f"   => {slot.name} created {ev.netcfg.network} vni={ev.netcfg.vni}")
+                elif not isinstance(ev, Allocated):
+                    self.log.append(f"   => {slot.name} {ev!r}"[:300])
+                elif isinstance(ev, Allocated) and ev.network and slot.core is not None:
+                    if (slot.name, ev.op) in self.static:
+                        continue
+                    sp = slot.core.space(ev.network, ev.space)
+                    off = sp.offset(ev.value)
+                    assert sp.is_pickable(off), f"S5: dynamic pick {ev.value} outside range or reserved"
+            self.seen_events[key] = len(evs)
+
+    # ------------------------------------------------------------------ rules: networks and addresses
+
+    @rule(data=st.data(), plen=st.sampled_from(PREFIXES))
+    def create_network(self, data, plen):
+        up = self.c.up
+        if not up:
+            return
+        host = data.draw(st.sampled_from(up))
+        net = f"n{self.counter}"
+        subnets = self._subnet(plen)
+        self.counter += 1
+        self.c.call(host, "create_network", net, subnets=subnets)
+        self._say(f"{self.c.name(host)} create {net} {subnets}")
+
+    @rule(data=st.data())
+    def concurrent_create(self, data):
+        up = self.c.up
+        if len(up) < 2:
+            return
+        hosts = data.draw(st.lists(st.sampled_from(up), min_size=2, max_size=3, unique=True))
+        for h in hosts:
+            net = f"n{self.counter}"
+            subnets = self._subnet(data.draw(st.sampled_from([24, 28, 0])))
+            self.counter += 1
+            if self.c.is_up(h):  # a crash trap may fire in between
+                self.c.call(h, "create_network", net, subnets=subnets)
+        self._say(f"concurrent create on {hosts}")
+
+    @rule(data=st.data())
+    def attach(self, data):
+        choices = [
+            (h, n)
+            for h in self.c.up
+            for n in self._known_nets(h)
+            if n not in self.c.ipam(h).attached_networks()
+        ]
+        if not choices:
+            return
+        h, n = data.draw(st.sampled_from(choices))
+        self.c.call(h, "attach", n)
+        self._say(f"{self.c.name(h)} attach {n}")
+
+    @rule(data=st.data(), static=st.booleans(), service=st.booleans())
+    def allocate(self, data, static, service):
+        choices = [(h, n) for h in self.c.up for n in self._known_nets(h)]
+        if not choices:
+            return
+        h, n = data.draw(st.sampled_from(choices))
+        core = self.c.ipam(h)
+        self.counter += 1
+        tag = f"service:{self.counter}" if service else f"ep{self.counter}"
+        address = None
+        if static:
+            sid = core.netcfg(n).space_ids()[0]
+            sp = core.space(sid.scope, sid.name)
+            off = data.draw(st.integers(0, min(sp.size - 1, 4095)))
+            if sp.is_reserved(off):
+                return
+            address = sp.value(off)
+        op = self.c.call(h, "allocate", n, tag=tag, address=address)
+        if static:
+            self.static.add((self.c.name(h), op))
+        self._say(f"{self.c.name(h)} allocate {n} {tag} {address or ''} -> op {op}")
+
+    @rule(data=st.data())
+    def release(self, data):
+        choices = []
+        for h in self.c.up:
+            core = self.c.ipam(h)
+            me = core.name
+            for sid, k in core.believed():
+                if not sid.scope:
+                    continue
+                sp = core.space(sid.scope, sid.name)
+                for off, hd in core.block_state(sid.scope, sid.name, k).allocs.items():
+                    if hd.node == me and hd.tag != QUARANTINE:
+                        choices.append((h, sid.scope, sp.value(off), hd.tag))
+            for (sid, off), rh in core.remote_holdings().items():
+                if sid.scope:
+                    choices.append((h, sid.scope, core.space(sid.scope, sid.name).value(off), rh.tag))
+        if not choices:
+            return
+        h, n, value, tag = data.draw(st.sampled_from(sorted(choices)))
+        self.c.call(h, "release", n, value, tag=tag)
+        self._say(f"{self.c.name(h)} release {n} {value} {tag}")
+
+    # ------------------------------------------------------------------ rules: faults and lifecycle
+
+    @precondition(lambda self: len(self.c.up) > 1)
+    @rule(data=st.data(), at_next_input=st.booleans())
+    def crash(self, data, at_next_input):
+        h = data.draw(st.sampled_from(self.c.up))
+        self.faulted = True
+        if at_next_input:
+            self.c.crash_after(h, data.draw(st.integers(1, 4)))
+            self._say(f"{self.c.name(h)} will crash after its next inputs")
+        else:
+            self.c.crash(h)
+            self._say(f"{self.c.name(h)} crash")
+
+    @rule(data=st.data(), keep_state=st.booleans())
+    def restart(self, data, keep_state):
+        down = [h for h in self.c.hosts if not self.c.is_up(h)]
+        if not down:
+            return
+        h = data.draw(st.sampled_from(down))
+        slot = self.c.slots[h]
+        ident = slot.disk.get(("ident",)) if slot.disk is not None else None
+        state = keep_state and ident is not None and not ident.retired and not slot.destroyed
+        self.c.restart(h, state=state)
+        self._say(f"restart {h} as {self.c.name(h)} (state={state})")
+
+    @precondition(lambda self: len(self.c.up) > 1)
+    @rule(data=st.data())
+    def partition(self, data):
+        up = self.c.up
+        side = data.draw(st.lists(st.sampled_from(up), min_size=1, max_size=len(up) - 1, unique=True))
+        self.c.partition(sorted(side))
+        self.faulted = True
+        self._say(f"partition {sorted(side)}")
+
+    @rule()
+    def heal(self):
+        self.c.heal()
+        self._say("heal")
+
+    @rule(
+        loss=st.sampled_from([0.0, 0.1, 0.3]),
+        dup=st.sampled_from([0.0, 0.2]),
+        jitter=st.sampled_from([0.0, 0.5]),
+    )
+    def faults(self, loss, dup, jitter):
+        self.c.loss, self.c.dup, self.c.jitter = loss, dup, jitter
+        self.faulted = self.faulted or bool(loss or dup or jitter)
+        self._say(f"loss={loss} dup={dup} jitter={jitter}")
+
+    @rule(i=st.integers(0, 10_000))
+    def replay(self, i):
+        if self.c.history:
+            self.c.replay(i)
+            self.faulted = True
+
+    @precondition(lambda self: len(self.c.up) >= 3)
+    @rule(data=st.data())
+    def leave(self, data):
+        h = data.draw(st.sampled_from(self.c.up))
+        name = self.c.name(h)
+        res = self.c.leave(h)
+        self.faulted = True
+        self._say(f"{name} leave -> {res}")
+
+    @rule(data=st.data())
+    def reclaim(self, data):
+        up = self.c.up
+        if not up:
+            return
+        if self.force_reclaim_live:
+            targets = [h for h in self.c.hosts if self.c.is_up(h)]
+        else:
+            targets = [h for h in self.c.hosts if not self.c.is_up(h) and self.c.slots[h].disk is not None]
+        if not targets:
+            return
+        t = data.draw(st.sampled_from(targets))
+        others = [h for h in up if h != t]
+        if not others:
+            return
+        r = data.draw(st.sampled_from(others))
+        target = self.c.name(t)
+        if self.force_reclaim_live:
+            if self.c.can_talk(r, t):
+                return
+            op = self.c.call(r, "reclaim", [target], force=True)
+        else:
+            self.c.destroy(t)  # the operator asserts it is gone for good
+            op = self.c.call(r, "reclaim", [target])
+        self.faulted = True
+        self._say(f"{self.c.name(r)} reclaim {target} -> op {op}")
+
+    @rule(data=st.data())
+    def reap(self, data):
+        down = [h for h in self.c.hosts if not self.c.is_up(h) and self.c.slots[h].name not in self.c.left]
+        if not down:
+            return
+        h = data.draw(st.sampled_from(down))
+        self.c.forget(self.c.name(h))
+        self.reaped = self.faulted = True
+        self._say(f"reap {self.c.name(h)}")
+
+    @rule(dt=st.sampled_from([0.001, 0.3, 2.0, 12.0]))
+    def advance(self, dt):
+        self._say(f"advance {dt}")
+        with self._explained():
+            self.c.run_for(dt)
+
+    # ------------------------------------------------------------------ safety
+
+    @invariant()
+    def safety(self):
+        if not hasattr(self, "c"):
+            return
+        with self._explained():
+            self._drain()
+            self.check_safety()
+
+    def _explained(self):
+        machine = self
+
+        class _Ctx:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, et, ev, tb):
+                if et is AssertionError and os.environ.get("IPAM_MACHINE_LOG"):
+                    raise AssertionError(f"{ev}\n--- steps ---\n" + "\n".join(machine.log)) from ev
+                return False
+
+        return _Ctx()
+
+    def check_safety(self):
+        c = self.c
+        sums = {h: s for h in c.hosts if (s := c.summary(h)) is not None and s.identity is not None}
+        believers = defaultdict(list)
+        holders = defaultdict(set)
+        for h, s in sums.items():
+            me = s.identity.name
+            hw = self.hw_seen[me]
+            for key, b in s.blocks.items():
+                assert b.hw >= hw.get(key, 0), f"S4: {me} hw of {key} went {hw.get(key)} -> {b.hw}"
+                hw[key] = b.hw
+                if not b.believe:
+                    assert not b.allocs, f"S4: {me} holds allocations in {key} without believing it"
+            believed = s.believed()
+            for key, b in believed.items():
+                believers[key].append(me)
+                sp = s.spaces.get(key[0])
+                for off, hd in b.allocs.items():
+                    if sp is not None:
+                        assert not sp.is_reserved(off), f"S5: reserved {sp.value(off)} allocated by {me}"
+                    if hd.tag != QUARANTINE:
+                        holders[(key[0], off)].add((hd.node, hd.tag))
+            for (sid, off), rh in s.remote.items():
+                holders[(sid, off)].add((me, rh.tag))
+            if s.identity.retired:
+                raw = {key for key, b in s.blocks.items() if b.believe}
+                prev = self.retired_beliefs.setdefault(me, raw)
+                assert raw <= prev, f"S7: retired {me} gained beliefs {sorted(raw - prev)}"
+            for net, cfg in ((k[1], v) for k, v in c.slots[h].disk.items() if k[0] == "netcfg"):
+                known = self.netcfgs.setdefault(net, cfg)
+                assert known == cfg, f"S6: two configs for {net}: {known} / {cfg}"
+        dup = {key: v for key, v in believers.items() if len(v) > 1}
+        assert not dup, f"S1: several durable believers: {dup}"
+        twice = {key: v for key, v in holders.items() if len(v) > 1}
+        assert not twice, f"S2: address held twice: {twice}"
+        mem = defaultdict(list)
+        for h in c.up:
+            core = c.ipam(h)
+            for key in core.believed():
+                mem[key].append(core.name)
+            seen = self.view_seen[core.name]
+            for key, e in core.view_snapshot().items():
+                prev = seen.get(key)
+                assert prev is None or e.rank[:2] >= prev, f"S4: {core.name} view of {key} went back"
+                seen[key] = e.rank[:2]
+        dup = {key: v for key, v in mem.items() if len(v) > 1}
+        assert not dup, f"S1: several running believers: {dup}"
+        multi = {key: v for key, v in self.grants.items() if len(v) > 1}
+        assert not multi, f"S3: several grant targets at one epoch: {multi}"
+        with_disk = {s.identity.name for s in sums.values()}
+        multi = {key: v for key, v in self.beliefs.items() if len(v & with_disk) > 1}
+        assert not multi, f"S3: several believers at one epoch over time: {multi}"
+        vnis = defaultdict(set)  # networks some existing state directory knows (a network whose config
+        for s in sums.values():  # died with its reclaimed creator never existed for the cluster)
+            for key, cfg in c.slots[self.c.host_of[s.identity.name]].disk.items():
+                if key[0] == "netcfg":
+                    vnis[cfg.vni].add(key[1])
+        shared = {v: n for v, n in vnis.items() if len(n) > 1}
+        assert not shared, f"S6: networks sharing a VNI: {shared}"
+
+    # ------------------------------------------------------------------ liveness
+
+    @precondition(lambda self: self.faulted)
+    @rule()
+    def heal_and_settle(self):
+        self._say("heal and settle")
+        with self._explained():
+            self.settle_and_check()
+
+    def teardown(self):
+        if hasattr(self, "c"):
+            with self._explained():
+                self.settle_and_check()
+
+    def settle_and_check(self):
+        c = self.c
+        c.clear_traps()
+        c.heal()
+        c.loss = c.dup = c.jitter = 0.0
+        for h in c.hosts:
+            if not c.is_up(h):
+                slot = c.slots[h]
+                ident = slot.disk.get(("ident",)) if slot.disk is not None else None
+                c.restart(h, state=ident is not None and not ident.retired and not slot.destroyed)
+        c.run_for(5.0)
+        self._drain()
+        for h in c.up:
+            for n in self._known_nets(h):
+                c.call(h, "attach", n)
+        c.run_for(SETTLE)
+        self._drain()
+        self.check_safety()
+        self.faulted = False
+        self.check_l3()
+        self.check_l2()
+        self.check_l1()
+        self.check_l6()
+        self.check_safety()
+
+    def _alive_names(self):
+        return {self.c.name(h) for h in self.c.up if not self.c.ipam(h).is_retired}
+
+    def check_l3(self):
+        alive = self._alive_names()
+        for h in self.c.up:
+            core = self.c.ipam(h)
+            stuck = {k: t for k, t in core.pending_grants().items() if t in alive}
+            assert not stuck, f"L3: {core.name} has unconfirmed grants to alive nodes: {stuck}"
+            unconf = {k: e.owner for k, e in core.unconfirmed_grants().items() if e.owner in alive}
+            assert not unconf, f"L3: {core.name} sees unconfirmed grants to alive nodes: {unconf}"
+            assert not core.proposals(), f"L3: {core.name} still has reclaim proposals {core.proposals()}"
+
+    def check_l2(self):
+        cores = [self.c.ipam(h) for h in self.c.up]
+        alive = self._alive_names()
+        common = set.intersection(*(set(core.spaces()) for core in cores)) if cores else set()
+        for sid in sorted(common):
+            sp = cores[0].space(sid.scope, sid.name)
+            users = [core for core in cores if not sid.scope or sid.scope in core.attached_networks()]
+            for k in range(sp.nblocks):
+                entries = {core.name: core.view_entry(sid.scope, sid.name, k) for core in users}
+                shapes = {(e.epoch, e.owner, e.state) for e in entries.values()}
+                if self.reaped and any(e.owner not in alive for e in entries.values()):
+                    continue
+                if len(shapes) != 1:
+                    recs = {
+                        self.c.name(h): sorted(
+                            (key[2], r.writer, r.value is not None)
+                            for key, r in self.c.slots[h].replica.items()
+                            if key[1] == sid.scope and key[2].startswith(f"{sid.name}#{k}@")
+                        )
+                        for h in self.c.up
+                    }
+                    joined = {self.c.name(h): sorted(self.c.slots[h].joined) for h in self.c.up}
+                    raise AssertionError(
+                        f"L2: views of {sid}#{k} differ: {entries}; records {recs}; joined {joined}"
+                    )
+                owner = next(iter(entries.values())).owner
+                believer = next(
+                    (core for core in users if core.name == owner and core.believes(sid.scope, sid.name, k)),
+                    None,
+                )
+                if believer is not None:
+                    truth = sp.free_in(k, believer.block_state(sid.scope, sid.name, k).allocs)
+                    for core in users:
+                        e = entries[core.name]
+                        hint = sp.free_in(k, [u[0] for u in e.used]) if core is not believer else truth
+                        assert hint == truth, (
+                            f"L2: {core.name}'s free hint of {sid}#{k} is {hint}, truth {truth}"
+                        )
+
+    def _truth_free(self, sid):
+        for h in self.c.up:
+            core = self.c.ipam(h)
+            sp = core.space(sid.scope, sid.name)
+            for s, k in core.believed():
+                if s == sid and sp.free_in(k, core.block_state(s.scope, s.name, k).allocs) > 0:
+                    return True
+        return False
+
+    def check_l1(self):
+        c = self.c
+        for h in c.up:
+            core = c.ipam(h)
+            for n in core.attached_networks():
+                cfg = core.netcfg(n)
+                if cfg is None:
+                    continue
+                sid = cfg.space_ids()[0]
+                if not self._truth_free(sid):
+                    continue
+                self.counter += 1
+                tag = f"l1-{self.counter}"
+                op = c.call(h, "allocate", n, tag=tag)
+                res = c.wait(h, op, timeout=CFG.allocation_budget)
+                assert isinstance(res, Allocated), f"L1: {core.name} could not allocate in {n}: {res}"
+                c.call(h, "release", n, res.value, tag=tag)
+        c.run_for(3.0)
+        self._drain()
+
+    def check_l6(self):
+        c = self.c
+        hosts = c.up[:3]
+        vsid = SpaceId("", "vni")
+        free = 0
+        for h in c.up:
+            core = c.ipam(h)
+            sp = core.space("", "vni")
+            if sp is None:
+                return
+            free += sum(
+                sp.free_in(k, core.block_state("", "vni", k).allocs)
+                for (s, k) in core.believed()
+                if s == vsid
+            )
+        if free < len(hosts):
+            return
+        ops = []
+        for h in hosts:
+            net = f"n{self.counter}"
+            self.counter += 1
+            ops.append((h, c.call(h, "create_network", net, subnets=self._subnet(24))))
+        c.run_for(CFG.allocation_budget + 1)
+        vnis = []
+        for h, op in ops:
+            res = c.result(h, op)
+            assert isinstance(res, NetworkCreated), f"L6: create on {c.name(h)} ended with {res}"
+            vnis.append(res.netcfg.vni)
+        assert len(set(vnis)) == len(vnis), f"L6: VNIs not distinct: {vnis}"
+        self._drain()
+
+
+IpamMachine.TestCase.settings = MAIN
+TestIpamMachine = IpamMachine.TestCase
+
+
+# ---------------------------------------------------------------------- mutation tests (S9)
+
+
+class _NoEpochCheck(IpamMachine):
+    config = CFG.with_(allow_unsafe=True, unsafe_skip_epoch_check=True)
+
+
+class _NoWriteAhead(IpamMachine):
+    config = CFG.with_(allow_unsafe=True, unsafe_skip_write_ahead=True)
+
+
+class _NoReclaimAcks(IpamMachine):
+    config = CFG.with_(allow_unsafe=True, unsafe_reclaim_without_acks=True)
+
+
+class _ForcedReclaimOfLiveNode(IpamMachine):
+    force_reclaim_live = True
+
+
+def _must_fail(machine, *words):
+    with pytest.raises(AssertionError) as info:
+        run_state_machine_as_test(machine, settings=MUTATION)
+    text = str(info.value)
+    assert any(w in text for w in words), text
+
+
+@pytest.mark.parametrize(
+    "machine",
+    [_NoEpochCheck, _NoWriteAhead, _NoReclaimAcks, _ForcedReclaimOfLiveNode],
+    ids=["epoch-check", "write-ahead", "reclaim-acks", "force-on-live-node"],
+)
+def test_mutation_is_caught(machine):
+    _must_fail(machine, "S1", "S2", "S3")
