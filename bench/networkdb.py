@@ -404,9 +404,15 @@ def run_real(args: argparse.Namespace) -> Figures:
     workdir = Path(tempfile.mkdtemp(prefix="meshnet-ndb-bench-"))
     procs = Processes(workdir / "logs")
     args.config_file = None
+    toml = ""
     if args.no_compression:
+        toml += "[gossip]\nenable_compression = false\n"
+    if args.networkdb:
+        toml += "[networkdb]\n" + "".join(f"{kv}\n" for kv in args.networkdb)
+    if toml:
         args.config_file = workdir / "agent.toml"
-        args.config_file.write_text("[gossip]\nenable_compression = false\n")
+        args.config_file.write_text(toml)
+        figs.notes.append("agent config: " + toml.replace("\n", " ").strip())
     agents: list[Agent] = []
     try:
         print(
@@ -531,6 +537,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-compression",
         action="store_true",
         help="agents send uncompressed datagrams ([gossip] enable_compression = false; LZW is pure Python)",
+    )
+    p.add_argument(
+        "--networkdb",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="a [networkdb] override for every agent (TOML syntax, e.g. gossip_packets=8); repeat for more",
     )
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, state)")
