@@ -62,6 +62,11 @@ class GossipConfig:
     tombstone_timeout: float = 24 * 3600.0
     #: libnetwork's split-cluster fix: re-join the seeds when no other member is alive, this often.
     rejoin_interval: float = 60.0
+    #: A datagram from a sender that is no alive member starts a push-pull with it this long later,
+    #: if the sender is still unknown then (a join rumour that missed us; 0 disables).
+    sync_unknown_delay: float = 1.0
+    #: After joining, push-pull with one random member at each of these offsets (seconds).
+    join_sync_offsets: tuple[float, ...] = (1.0, 2.0, 4.0)
     #: Graceful leave waits at most this long for the leave broadcast to drain (serf BroadcastTimeout).
     leave_timeout: float = 5.0
     #: Default UDP/TCP port.

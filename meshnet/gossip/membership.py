@@ -320,6 +320,8 @@ class Membership:
         self.events = events
         self.stats = stats
         self.by_name: dict[str, NodeState] = {}
+        #: Member by (ip text, port), for "is this sender a member?" (the latest member at an address).
+        self.by_addr: dict[tuple[str, int], NodeState] = {}
         self.nodes: list[NodeState] = []
         #: Bumped on every change to any member or to the node list: push-pull encodings are cached on it.
         self.epoch = local.epoch
@@ -346,6 +348,16 @@ class Membership:
     def members(self) -> list[Member]:
         """Snapshots of every member (serf's view: failed and left until reaped), sorted by name."""
         return [self.by_name[n].member() for n in sorted(self.by_name)]
+
+    def alive_at(self, addr: tuple[str, int]) -> bool:
+        """Is the member at this (ip text, port) address in the node list and alive or suspect?"""
+        node = self.by_addr.get(addr)
+        return node is not None and node.in_list and node.state <= SUSPECT
+
+    def known_at(self, addr: tuple[str, int]) -> bool:
+        """Is the member at this address in the node list and not believed dead (alive, suspect or left)?"""
+        node = self.by_addr.get(addr)
+        return node is not None and node.in_list and node.state != DEAD
 
     def random_nodes(self, k: int, exclude: Callable[[NodeState], bool]) -> list[NodeState]:
         """Up to k random members of the node list not excluded."""
@@ -633,6 +645,8 @@ class Membership:
         if node is None or node.state < DEAD or node is self.local:
             return False
         del self.by_name[name]
+        if self.by_addr.get(node.address) is node:
+            del self.by_addr[node.address]
         self.epoch[0] += 1
         self.failed.pop(name, None)
         if node.in_list:
@@ -651,12 +665,21 @@ class Membership:
         me = self.local
         me.in_list = True
         self.by_name[me.name] = me
+        self.by_addr[me.address] = me
         self.nodes.append(me)
         self._broadcast(me.name, me.alive_message())
         self.events.append(MemberJoined(me.snapshot()))
 
     def _broadcast(self, key: str, msg: Alive | Suspect | Dead, raw: bytes | None = None) -> None:
         self.queue.queue(raw if raw is not None else encode_message(msg), key=key)
+
+    def _move(self, node: NodeState, addr: bytes, port: int) -> None:
+        """``node.set_address`` keeping ``by_addr`` in step."""
+        old = node.address
+        node.set_address(addr, port)
+        if self.by_addr.get(old) is node:
+            del self.by_addr[old]
+        self.by_addr[node.address] = node
 
     def _conflict(self, node: NodeState, msg: Alive) -> Action:
         self.stats["name_conflicts"] += 1
@@ -669,8 +692,9 @@ class Membership:
             node = NodeState(msg.node, msg.addr, msg.port, msg.meta or b"", msg.incarnation, msg.vsn, now)
             node.epoch = self.epoch
             self.by_name[msg.node] = node
+            self.by_addr[node.address] = node
         else:  # dropped from memberlist's list but still listed by serf: memberlist sees a new node
-            node.set_address(msg.addr, msg.port)
+            self._move(node, msg.addr, msg.port)
             node.meta = msg.meta or b""
             node.incarnation = msg.incarnation
             node.set_vsn(msg.vsn)
@@ -697,7 +721,7 @@ class Membership:
         node.set_vsn(msg.vsn)
         node.incarnation = msg.incarnation
         node.meta = msg.meta or b""
-        node.set_address(msg.addr, msg.port)
+        self._move(node, msg.addr, msg.port)
         if node.state != ALIVE:
             node.state = ALIVE
             node.state_changed_at = now

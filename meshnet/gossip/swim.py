@@ -13,20 +13,22 @@ Theory of operation
 * **Sub-machines**: ``Membership`` (member table and merge rules, suspicion deadlines, reaping),
   ``Prober`` (probe rounds, indirect probes, relays), two ``BroadcastQueue`` s (memberlist's own
   messages first, then user/serf messages framed ``08|payload`` in the leftover space),
-  ``Awareness`` (Lifeguard health) and ``SerfState`` (serf's Lamport clocks, intents, push-pull
-  user state). All deadlines live in one ``DeadlineHeap`` keyed by strings (periodic tasks) or
+  ``Awareness`` (Lifeguard health), ``AntiEntropy`` (every push-pull: joins, periodic syncs,
+  reconnect, rejoin, unknown-sender and post-join syncs) and ``SerfState`` (serf's Lamport clocks,
+  intents, push-pull user state). All deadlines live in one ``DeadlineHeap`` keyed by strings (periodic tasks) or
   tuples (``("suspect", name)``, ``("reap", name)``), so the heap's bookkeeping stays bounded by
   the member names, not by time.
 * **Wire**: every datagram and stream goes through ``packet``. Piggybacked traffic (ping, ack,
   indirect ping, nack) is never CRC'd (memberlist's quirk); gossip and the buddy probe are CRC'd for
   targets with PMax >= 5; user messages to an address are sent alone, uncompressed by CRC.
 * **Periodic tasks**: probe (every ``probe_interval * (score + 1)``), gossip (every
-  ``gossip_interval``, only armed while something is queued, phase-aligned), push-pull (scaled above
-  32 nodes), serf reconnect to one failed member, libnetwork's re-join of the seeds when none of
-  them is a live member.
+  ``gossip_interval``, only armed while something is queued, phase-aligned), and ``AntiEntropy``'s
+  push-pulls (scaled above 32 nodes), serf reconnect to one failed member, libnetwork's re-join of
+  the seeds when none of them is a live member. Every datagram's sender is reported to
+  ``AntiEntropy`` (unknown-sender sync).
 * **Leave**: (serf) leave intent, wait for it to drain, then ``dead{self, From: self}``, wait for it
-  to drain; each wait is bounded by ``leave_timeout``. Probing stops at ``leave()``; after
-  ``LeaveCompleted`` the core is inert (inputs are dropped, no deadline).
+  to drain; each wait is bounded by ``leave_timeout``. Probing and push-pulls stop at ``leave()``;
+  after ``LeaveCompleted`` the core is inert (inputs are dropped, no deadline).
 * **Errors**: remote garbage is counted in ``stats()`` and reported as ``MessageRejected``; it never
   raises. Local misuse raises ``LocalProtocolError``.
 """
@@ -43,20 +45,19 @@ from typing import TYPE_CHECKING
 from meshnet.core.clock import DeadlineHeap
 from meshnet.core.errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from meshnet.gossip import packet
+from meshnet.gossip.antientropy import AntiEntropy
 from meshnet.gossip.awareness import Awareness
 from meshnet.gossip.broadcast_queue import Broadcast, BroadcastQueue
-from meshnet.gossip.codec import MAX_COMPOUND_PARTS, encode_message, encode_push_pull_parts
+from meshnet.gossip.codec import MAX_COMPOUND_PARTS, encode_message
 from meshnet.gossip.config import GossipConfig
 from meshnet.gossip.events import (
-    JoinCompleted,
-    JoinFailed,
     LeaveCompleted,
     Member,
     MemberEvent,
     MessageRejected,
     UserMessageReceived,
 )
-from meshnet.gossip.membership import ALIVE, DEAD, LEFT, SUSPECT, Membership, NodeState, ip_text
+from meshnet.gossip.membership import DEAD, LEFT, Membership, NodeState, ip_text
 from meshnet.gossip.messages import (
     Ack,
     Alive,
@@ -72,7 +73,6 @@ from meshnet.gossip.messages import (
 )
 from meshnet.gossip.probe import Prober
 from meshnet.gossip.serf import MAX_META_BYTES, JoinIntent, LeaveIntent, SerfState, decode_intent
-from meshnet.gossip.util import push_pull_scale
 
 if TYPE_CHECKING:
     from meshnet.gossip.keyring import Keyring
@@ -142,7 +142,6 @@ class Swim:
         self._stats: Counter[str] = Counter()
         self._outbox: list[tuple[Addr, bytes]] = []
         self._streams: list[StreamRequest] = []
-        self._stream_ctx: dict[int, tuple[str, Addr]] = {}
         self._next_stream_id = 0
 
         self._awareness = Awareness(config.awareness_max_multiplier)
@@ -175,9 +174,6 @@ class Swim:
         )
         self._serf = SerfState(name) if serf_compat else None
 
-        self._pp_cache: tuple[tuple, bytes, bytes | None] | None = None
-        self._seeds: list[Addr] = []
-        self._join_intent_due = False
         self._leave_phase = 0  # 0 not leaving, 1 serf intent draining, 2 dead draining, 3 left
         self._leave_item: Broadcast | None = None
         self._leave_drained = True
@@ -185,10 +181,21 @@ class Swim:
         # Periodic tasks start at a random offset within their period (memberlist's stagger).
         self._heap.set("probe", now + rng.random() * config.probe_interval)
         self._gossip_phase = now + rng.random() * config.gossip_interval
-        if config.push_pull_interval > 0:
-            self._heap.set("push_pull", now + rng.random() * config.push_pull_interval)
-        if config.reconnect_interval > 0:
-            self._heap.set("reconnect", now + config.reconnect_interval)
+        self._anti = AntiEntropy(
+            config,
+            addr=self.addr,
+            membership=self._members,
+            serf=self._serf,
+            rng=rng,
+            heap=self._heap,
+            events=self._events,
+            stats=self._stats,
+            open_stream=self._open_stream_framed,
+            frame_stream=self._frame_stream,
+            cache_framed=self._out_keyring is None,
+            queue_join_intent=self._queue_join_intent,
+            now=now,
+        )
         self._after(now)
 
     # ============================================================================================
@@ -199,15 +206,7 @@ class Swim:
         """Push-pull (Join=True) with each seed; ``JoinCompleted``/``JoinFailed`` per seed follow."""
         self._now = now
         self._check_usable("join")
-        self._seeds = [(s[0], int(s[1])) for s in seeds]
-        self._join_intent_due = self.serf_compat
-        for seed in self._seeds:
-            if seed == self.addr:
-                self._events.append(JoinFailed(seed, "seed is this node"))
-                continue
-            self._push_pull(seed, join=True, kind="join")
-        if self.config.rejoin_interval > 0 and "rejoin" not in self._heap and self._seeds:
-            self._heap.set("rejoin", now + self.config.rejoin_interval)
+        self._anti.join(seeds, serf_intent=self.serf_compat, now=now)
         self._after(now)
 
     def leave(self, *, now: float) -> None:
@@ -220,8 +219,7 @@ class Swim:
         if self._leave_phase:
             return
         self._prober.stop()
-        for key in ("push_pull", "reconnect", "rejoin"):
-            self._heap.cancel(key)
+        self._anti.stop()
         if self._serf is not None and self._members.any_alive_other():
             self._leave_phase = 1
             self._leave_item = self._user_queue.queue(b"\x08" + self._serf.new_leave_intent())
@@ -288,6 +286,7 @@ class Swim:
                     self._handle_packet_message(src, msg, now, raw)
             except RemoteProtocolError as exc:
                 self._reject(src, exc)
+        self._saw_sender(src, msgs, now)  # after: a sender introducing itself is known by now
         self._after(now)
 
     def receive_stream(self, src: Addr, data: bytes, *, now: float) -> bytes | None:
@@ -313,8 +312,8 @@ class Swim:
                 else:
                     self._stats["pings_for_other_node"] += 1
             elif isinstance(msg, PushPull):
-                reply = self._local_state(msg.join)  # answer first, then merge (as memberlist)
-                err = self._merge_remote(msg, now)
+                reply = self._anti.local_state(msg.join)  # answer first, then merge (as memberlist)
+                err = self._anti.merge(msg, now)
                 if err is not None:
                     raise RemoteProtocolError(f"push-pull merge failed: {err}")
             elif isinstance(msg, UserMsg):
@@ -345,7 +344,7 @@ class Swim:
             self._prober.on_tcp_ack(stream_id, ack)
             self._after(now)
             return
-        ctx = self._stream_ctx.pop(stream_id, None)
+        ctx = self._anti.requests.pop(stream_id, None)
         if ctx is None:
             self._stats["stream_replies_unexpected"] += 1
             return
@@ -358,14 +357,14 @@ class Swim:
                 raise RemoteProtocolError(f"remote error: {msg.error}")
             if not isinstance(msg, PushPull):
                 raise RemoteProtocolError(f"push-pull answered with {type(msg).__name__}")
-            err = self._merge_remote(msg, now)
+            err = self._anti.merge(msg, now)
             if err is not None:
                 raise RemoteProtocolError(err)
         except RemoteProtocolError as exc:
             self._reject(addr, exc)
-            self._push_pull_failed(kind, addr, str(exc))
+            self._anti.failed(kind, addr, str(exc))
         else:
-            self._push_pull_done(kind, addr, len(msg.states))
+            self._anti.done(kind, addr, len(msg.states), now)
         self._after(now)
 
     def stream_failed(self, stream_id: int, *, now: float) -> None:
@@ -377,11 +376,11 @@ class Swim:
             self._prober.on_tcp_ack(stream_id, None)
             self._stats["tcp_pings_failed"] += 1
         else:
-            ctx = self._stream_ctx.pop(stream_id, None)
+            ctx = self._anti.requests.pop(stream_id, None)
             if ctx is None:
                 self._stats["streams_failed_untracked"] += 1
             else:
-                self._push_pull_failed(ctx[0], ctx[1], "stream failed")
+                self._anti.failed(ctx[0], ctx[1], "stream failed")
         self._after(now)
 
     def handle_timer(self, *, now: float) -> None:
@@ -542,6 +541,19 @@ class Swim:
         else:
             raise RemoteProtocolError(f"unexpected {t.__name__} in a datagram")
 
+    def _saw_sender(self, src: Addr, msgs: list[tuple[Message, bytes | None]], now: float) -> None:
+        """Tell anti-entropy who sent a datagram: the ``SourceNode`` and ``SourceAddr:SourcePort`` of
+        a ping or indirect ping in it when it has them, else the UDP source."""
+        for msg, _ in msgs:
+            t = type(msg)
+            if (t is Ping or t is IndirectPingReq) and msg.source_node:  # type: ignore[union-attr]
+                addr = src
+                if msg.source_addr and len(msg.source_addr) in (4, 16) and msg.source_port:  # type: ignore[union-attr]
+                    addr = (ip_text(msg.source_addr), msg.source_port)  # type: ignore[union-attr]
+                self._anti.saw_sender(addr, msg.source_node, now=now)  # type: ignore[union-attr]
+                return
+        self._anti.saw_sender(src, None, now=now)
+
     def _on_user(self, src: Addr, payload: bytes) -> None:
         self._stats["user_messages_received"] += 1
         self._events.append(UserMessageReceived(src, payload))
@@ -579,33 +591,6 @@ class Swim:
     # internals: push-pull
     # ============================================================================================
 
-    def _local_state(self, join: bool) -> bytes:
-        """Our push-pull frame. Encodings are cached until the member table or serf state changes,
-        and the framed bytes too when nothing is encrypted (compression is deterministic)."""
-        serf = self._serf
-        key = (self._members.epoch[0], join, serf.fingerprint() if serf is not None else None)
-        cache = self._pp_cache
-        if cache is not None and cache[0] == key:
-            plain, framed = cache[1], cache[2]
-        else:
-            user = b""
-            if serf is not None:
-                by_name = self._members.by_name
-                names = sorted(by_name)
-                left = [n for n in names if by_name[n].state >= DEAD and n in serf.leaving]
-                user = serf.local_state(names, left)
-            plain = encode_push_pull_parts(join, self._members.push_states_raw(), user)
-            framed = None
-        if framed is None or self._out_keyring is not None:
-            framed = self._frame_stream(plain)
-        self._pp_cache = (key, plain, framed if self._out_keyring is None else None)
-        return framed
-
-    def _push_pull(self, addr: Addr, *, join: bool, kind: str) -> None:
-        self._stats["push_pulls_started"] += 1
-        sid = self._open_stream_framed(addr, self._local_state(join))
-        self._stream_ctx[sid] = (kind, addr)
-
     def _open_stream_framed(self, addr: Addr, framed: bytes) -> int:
         self._next_stream_id += 1
         sid = self._next_stream_id
@@ -613,31 +598,9 @@ class Swim:
         self._stats["streams_opened"] += 1
         return sid
 
-    def _merge_remote(self, pp: PushPull, now: float) -> str | None:
-        err = self._members.verify_protocol(pp.states)
-        if err is not None:
-            self._stats["push_pull_incompatible"] += 1
-            return err
-        self._members.merge_state(pp.states, now=now)
-        if self._serf is not None and pp.user_state:
-            try:
-                self._serf.merge_remote_state(pp.user_state)
-            except DecodeError:
-                self._stats["serf_state_undecodable"] += 1
-        self._stats["push_pulls_merged"] += 1
-        return None
-
-    def _push_pull_done(self, kind: str, addr: Addr, count: int) -> None:
-        if kind in ("join", "rejoin"):
-            self._events.append(JoinCompleted(addr, count))
-            if self._join_intent_due and self._serf is not None and self._leave_phase == 0:
-                self._join_intent_due = False
-                self._user_queue.queue(b"\x08" + self._serf.new_join_intent())
-
-    def _push_pull_failed(self, kind: str, addr: Addr, reason: str) -> None:
-        self._stats["push_pulls_failed"] += 1
-        if kind in ("join", "rejoin"):
-            self._events.append(JoinFailed(addr, reason))
+    def _queue_join_intent(self) -> None:
+        assert self._serf is not None
+        self._user_queue.queue(b"\x08" + self._serf.new_join_intent())
 
     # ============================================================================================
     # internals: timers, leave
@@ -650,6 +613,10 @@ class Swim:
                 self._members.suspicion_expired(arg, now=now)
             elif kind == "reap" and self._members.reap(arg) and self._serf is not None:
                 self._serf.forget(arg)
+            else:
+                self._anti.fire(key, now)
+            return
+        if self._anti.fire(key, now):
             return
         if key == "probe":
             if self._leave_phase == 0:
@@ -662,29 +629,6 @@ class Swim:
             self._prober.relay_timeout(now=now)
         elif key == "gossip":
             self._gossip(now)
-        elif key == "push_pull":
-            target = self._members.random_nodes(1, lambda n: n is self._local or n.state != ALIVE)
-            if target:
-                self._push_pull(target[0].address, join=False, kind="push_pull")
-            interval = push_pull_scale(self.config.push_pull_interval, self._members.num_nodes)
-            self._heap.set("push_pull", now + interval)
-        elif key == "reconnect":
-            failed = [n for n in self._members.failed if n in self._members.by_name]
-            if failed:
-                node = self._members.by_name[failed[self.rng.randrange(len(failed))]]
-                self._stats["reconnects"] += 1
-                self._push_pull(node.address, join=True, kind="reconnect")
-            self._heap.set("reconnect", now + self.config.reconnect_interval)
-        elif key == "rejoin":
-            # libnetwork's split-cluster fix: when no seed (other than us) is a live member, join the
-            # seeds again. This covers "nobody else is alive" and a join that only reached an island.
-            seeds = [s for s in self._seeds if s != self.addr]
-            live = {n.address for n in self._members.nodes if n.state <= SUSPECT and n is not self._local}
-            if seeds and not any(s in live for s in seeds):
-                self._stats["rejoins"] += 1
-                for seed in seeds:
-                    self._push_pull(seed, join=True, kind="rejoin")
-            self._heap.set("rejoin", now + self.config.rejoin_interval)
         elif key == "leave":
             self._leave_drained = False
             if self._leave_phase == 1:

@@ -77,14 +77,20 @@ def test_three_nodes_failure_detected_4s_after_suspicion() -> None:
     c.run_until(t_kill)
     c.crash("n2")
     c.run_for(20.0)
+    spans = []
     for obs in ("n0", "n1"):
         sus = [e for e in c.events[obs] if isinstance(e, MemberSuspected) and e.member.name == "n2"]
         dead = [e for e in c.events[obs] if isinstance(e, MemberFailed) and e.member.name == "n2"]
         assert len(dead) == 1
-        # first suspicion (own probe or gossip) -> dead exactly min = 4 s later (k = 0 with 3 nodes)
-        assert dead[0].member.state_changed_at - sus[0].member.state_changed_at == pytest.approx(4.0)
-        # detection bound: 2 protocol periods to notice + 4 s suspicion + delivery
-        assert dead[0].member.state_changed_at - t_kill <= 2 * 1.0 + 4.0 + 0.01
+        spans.append(dead[0].member.state_changed_at - sus[0].member.state_changed_at)
+        # first suspicion -> dead min = 4 s later (k = 0 with 3 nodes), or a little earlier or
+        # later when both the suspicion and the death arrived by gossip
+        assert spans[-1] == pytest.approx(4.0, abs=0.25)
+        # detection bound: n2 is probed once per round of 2 probes (the list is reshuffled each
+        # round), so the next probe starts at most 3 periods after the kill, fails 1 period later,
+        # and the suspicion lasts 4 s; plus delivery
+        assert dead[0].member.state_changed_at - t_kill <= 3 * 1.0 + 1.0 + 4.0 + 0.01
+    assert any(span == pytest.approx(4.0) for span in spans)  # the one whose own timer ran out
     assert c.view("n0") == {"n0": "alive", "n1": "alive", "n2": "dead"}
 
 
@@ -308,6 +314,7 @@ def test_incompatible_protocol_fails_the_join() -> None:
 
 def test_periodic_push_pull_is_not_a_join() -> None:
     c = booted(3)
+    c.run_for(5.0)  # past the post-join syncs
     t = c.now
     c.run_for(30.0)  # one push_pull_interval: each node starts exactly one
     pulls = [(name, packet.decode_stream(req.data, keyring=None)) for at, name, req in c.stream_log if at > t]
