@@ -27,8 +27,10 @@ Theory of operation
   the seeds when none of them is a live member. Every datagram's sender is reported to
   ``AntiEntropy`` (unknown-sender sync).
 * **Leave**: (serf) leave intent, wait for it to drain, then ``dead{self, From: self}``, wait for it
-  to drain; each wait is bounded by ``leave_timeout``. Probing and push-pulls stop at ``leave()``;
-  after ``LeaveCompleted`` the core is inert (inputs are dropped, no deadline).
+  to drain; the intent may take half of ``leave_timeout``, the whole leave at most all of it, and
+  it completes at once when no other member is alive (checked whenever the member table changed).
+  Probing and push-pulls stop at ``leave()``; ``LeaveCompleted`` comes out in the same drain as the
+  last leave datagrams, after which the core is inert (inputs are dropped, no deadline).
 * **Errors**: remote garbage is counted in ``stats()`` and reported as ``MessageRejected``; it never
   raises. Local misuse raises ``LocalProtocolError``.
 """
@@ -177,6 +179,8 @@ class Swim:
         self._leave_phase = 0  # 0 not leaving, 1 serf intent draining, 2 dead draining, 3 left
         self._leave_item: Broadcast | None = None
         self._leave_drained = True
+        self._leave_deadline = 0.0
+        self._leave_epoch = -1  # the member table's epoch when "anyone else alive?" was last asked
 
         # Periodic tasks start at a random offset within their period (memberlist's stagger).
         self._heap.set("probe", now + rng.random() * config.probe_interval)
@@ -212,18 +216,21 @@ class Swim:
     def leave(self, *, now: float) -> None:
         """Leave gracefully: serf leave intent (with serf_compat), then ``dead{self, From: self}``.
 
-        ``LeaveCompleted`` follows once the broadcasts drained or ``leave_timeout`` passed (per step).
-        Calling it again while leaving is a no-op.
+        ``LeaveCompleted`` follows once the broadcasts drained, at once when no other member is
+        alive (any more), and at the latest ``leave_timeout`` after this call: the intent gets at
+        most half of it, the dead the rest. Calling it again while leaving is a no-op.
         """
         self._now = now
         if self._leave_phase:
             return
         self._prober.stop()
         self._anti.stop()
+        self._leave_deadline = now + self.config.leave_timeout
         if self._serf is not None and self._members.any_alive_other():
             self._leave_phase = 1
+            self._leave_epoch = self._members.epoch[0]
             self._leave_item = self._user_queue.queue(b"\x08" + self._serf.new_leave_intent())
-            self._heap.set("leave", now + self.config.leave_timeout)
+            self._heap.set("leave", now + self.config.leave_timeout / 2)
         else:
             self._leave_dead(now)
         self._after(now)
@@ -640,8 +647,9 @@ class Swim:
         item = self._members.leave_local(now=now)
         if self._members.any_alive_other():
             self._leave_phase = 2
+            self._leave_epoch = self._members.epoch[0]
             self._leave_item = item
-            self._heap.set("leave", now + self.config.leave_timeout)
+            self._heap.set("leave", max(now, self._leave_deadline))
         else:
             self._leave_done()
 
@@ -659,11 +667,22 @@ class Swim:
     def _after(self, now: float) -> None:
         """Bookkeeping after every input: leave progress, arming the gossip tick."""
         item = self._leave_item
-        if item is not None and item.done:
-            if self._leave_phase == 1:
-                self._leave_dead(now)
-            elif self._leave_phase == 2:
-                self._leave_done()
+        if item is not None:
+            members = self._members
+            if not item.done and members.epoch[0] != self._leave_epoch:
+                # Nobody left to tell (e.g. the other member left too): nothing more to drain.
+                self._leave_epoch = members.epoch[0]
+                if not members.any_alive_other():
+                    self._stats["leave_nobody_alive"] += 1
+                    if self._leave_phase == 1:
+                        self._leave_dead(now)  # marks us left; completes, since nobody is alive
+                    else:
+                        self._leave_done()
+            elif item.done:
+                if self._leave_phase == 1:
+                    self._leave_dead(now)
+                elif self._leave_phase == 2:
+                    self._leave_done()
         if self._leave_phase == 3:
             return
         if (len(self._queue) or len(self._user_queue)) and "gossip" not in self._heap:

@@ -7,6 +7,7 @@ import random
 import pytest
 from helpers import MiniCluster, addr_of, decode
 
+from meshnet.core.drive import drain, fire_due
 from meshnet.core.errors import LocalProtocolError
 from meshnet.gossip import packet
 from meshnet.gossip.codec import encode_message
@@ -185,20 +186,79 @@ def test_leave_alone_completes_at_once() -> None:
     assert c.view("n0") == {"n0": "left"}
 
 
-def test_leave_that_cannot_drain_times_out_per_step() -> None:
+def test_leave_that_cannot_drain_is_bounded_by_leave_timeout_in_total() -> None:
     cfg = lan().with_(gossip_nodes=0)  # only piggybacking could carry it, and nobody pings us
     c = MiniCluster(3, config=cfg)
     c.join_all()
-    c.run_for(3.0)
+    c.run_for(6.0)
     c.crash("n0")
     c.crash("n1")
     t = c.now
     c.call("n2", "leave")
-    c.run_for(11.0)
+    c.run_until(t + 4.99)
+    assert not c.nodes["n2"].is_left
+    c.run_until(t + 5.0)
     (done,) = c.events_of("n2", LeaveCompleted)
     assert done.drained is False
-    assert c.nodes["n2"].members()[-1].state_changed_at == pytest.approx(t + 5.0)  # dead queued after 5 s
     assert c.nodes["n2"].is_left
+    # the intent had half of leave_timeout, the dead the other half
+    assert c.nodes["n2"].members()[-1].state_changed_at == pytest.approx(t + 2.5)
+
+
+def test_two_members_leaving_together_both_finish_at_once() -> None:
+    """Each one's broadcasts can only go to the other; once one hears that the other left, nobody
+    alive is left to tell, so it completes there and then (drained) instead of waiting out
+    leave_timeout, and the other completes when its own broadcasts drained."""
+    c = booted(2)
+    c.run_for(5.0)
+    c.call("n0", "leave")
+    c.call("n1", "leave")
+    c.run_for(2.0)
+    for name in ("n0", "n1"):
+        (done,) = c.events_of(name, LeaveCompleted)
+        assert done.drained is True
+        assert c.nodes[name].is_left
+    assert sum(c.nodes[n].stats().get("leave_nobody_alive", 0) for n in ("n0", "n1")) >= 1
+
+
+def test_leave_completes_when_the_last_other_member_leaves_meanwhile() -> None:
+    cfg = lan().with_(gossip_nodes=0, leave_timeout=60.0)
+    c = booted(2, config=cfg)
+    c.run_for(5.0)
+    c.call("n1", "leave")  # the intent cannot drain: nobody pings n1 and it does not gossip
+    assert not c.nodes["n1"].is_left
+    core = c.nodes["n1"]
+    dead = packet.encode_datagram(
+        [encode_message(Dead(incarnation=1, node="n0", from_node="n0"))],
+        crc=False, compress=False, keyring=None, rng=random.Random(1),
+    )  # fmt: skip
+    core.receive_datagram(addr_of(0), dead, now=c.now)
+    events = []
+    while (ev := core.next_event()) is not None:
+        events.append(ev)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[-2:] == ["MemberLeft", "LeaveCompleted"] and events[-2].member.name == "n1"
+    assert events[-1].drained is True and core.is_left
+
+
+def test_last_leave_datagrams_come_out_with_leave_completed() -> None:
+    """The tick that sends the dead's last transmit also completes the leave: a driver must send the
+    datagrams of that drain before it stops."""
+    c = booted(3)
+    c.run_for(5.0)
+    core = c.nodes["n2"]
+    core.leave(now=c.now)
+    out = drain(core)
+    t = c.now
+    while not any(isinstance(e, LeaveCompleted) for e in out.events):
+        assert out.deadline is not None and out.deadline - t < 6.0
+        t = out.deadline
+        out = fire_due(core, t)
+        if any(isinstance(e, LeaveCompleted) for e in out.events):
+            break
+    assert out.datagrams, "the final transmits are in the same drain as LeaveCompleted"
+    sent = [m for _, data in out.datagrams for m in packet.decode_datagram(data, keyring=None)]
+    assert Dead(incarnation=1, node="n2", from_node="n2") in sent
 
 
 def test_name_conflict_from_another_address() -> None:
