@@ -5,8 +5,8 @@
     .venv/bin/python bench/networkdb.py --nodes 5 --rate 200 --duration 5 --join-entries 2000   # smoke run
     .venv/bin/python bench/networkdb.py --json /tmp/ndb.json --check
 
-Real-agent part (this script). The simulator part (100 and 1,000 nodes) belongs in ``run_sim`` below,
-reached with ``--sim``; it is not written yet.
+Real-agent part (this script). The simulator part (100 and 1,000 nodes) is ``bench/networkdb_sim.py``;
+``--sim`` runs it with the arguments that follow (``bench/networkdb.py --sim --sizes 100``).
 
 1. **Cluster**: ``--nodes`` ``meshnet-agent`` processes on ``--base-ip``.1..N (``--dataplane none``,
    ``--profile``, a state directory each), all joined to the first; then every agent joins the network
@@ -470,11 +470,17 @@ def stop(procs: Processes) -> None:
     procs.stop_all()
 
 
-def run_sim(args: argparse.Namespace) -> Figures:
-    """The simulator half of the benchmark (100 and 1,000 nodes, 1,000 writes/s, p99 <= 1.0 s and 0 lost,
-    10,000-entry join <= 1 s simulated). To be written by the simulator's owner on ``sim/`` once it drives
-    NetworkDB: same figures (``Figures``), measured in virtual time; ``report`` prints either."""
-    raise SystemExit("bench/networkdb.py --sim: the simulator part is not written yet (see run_sim)")
+def run_sim(rest: list[str]) -> int:
+    """The simulator half (100 and 1,000 nodes in virtual time): ``bench/networkdb_sim.py``'s main."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "networkdb_sim", Path(__file__).with_name("networkdb_sim.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.main(rest) or 0)
 
 
 def report(figs: Figures) -> dict[str, bool]:
@@ -520,6 +526,9 @@ def report(figs: Figures) -> dict[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--sim" in argv:  # everything after it is the simulator bench's (its option names overlap ours)
+        return run_sim(argv[argv.index("--sim") + 1 :])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=20, help="real agents (default 20)")
     p.add_argument("--rate", type=float, default=1000.0, help="writes/s in aggregate (default 1000)")
@@ -547,7 +556,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, state)")
     p.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
-    p.add_argument("--sim", action="store_true", help="run the simulator part instead (not written yet)")
+    p.add_argument(
+        "--sim",
+        action="store_true",
+        help="run the simulator part instead: bench/networkdb_sim.py with the arguments after --sim",
+    )
     args = p.parse_args(argv)
     if not args.base_ip.startswith("127."):
         p.error("--base-ip must be inside 127.0.0.0/8")
@@ -557,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--join-members must be at least 2 and below --nodes (the last agent is the joiner)")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        figs = run_sim(args) if args.sim else run_real(args)
+        figs = run_real(args)
     except RuntimeError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 2
