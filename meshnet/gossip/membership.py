@@ -329,6 +329,8 @@ class Membership:
         self.suspicions: dict[str, Suspicion] = {}
         #: Failed (dead, not left) member names, insertion-ordered for deterministic picks.
         self.failed: dict[str, None] = {}
+        #: Set when a member was declared dead or left: the facade gossips that at once.
+        self.urgent = False
         #: Called with the local node after every refutation (the facade re-encodes its alive).
         self.on_refute: Callable[[], None] | None = None
         self._bootstrap(now)
@@ -519,6 +521,7 @@ class Membership:
             self._cancel_suspicion(node.name)
         if action is Action.FAIL:
             self._broadcast(node.name, msg, raw)
+            self.urgent = True
             self._kill(
                 node, msg.incarnation, left=msg.from_node == msg.node, from_node=msg.from_node, now=now
             )

@@ -181,6 +181,7 @@ class Swim:
         self._leave_drained = True
         self._leave_deadline = 0.0
         self._leave_epoch = -1  # the member table's epoch when "anyone else alive?" was last asked
+        self._urgent_at = -1e18  # when a death was last gossiped at once
 
         # Periodic tasks start at a random offset within their period (memberlist's stagger).
         self._heap.set("probe", now + rng.random() * config.probe_interval)
@@ -685,6 +686,16 @@ class Swim:
                     self._leave_done()
         if self._leave_phase == 3:
             return
+        if self._members.urgent:
+            # A member was just declared dead or left: gossip that now instead of at the next tick,
+            # so every hop of the rumour costs a network latency, not up to a gossip interval (the
+            # spread between the first and the last observer of a failure). Transmits still count,
+            # so this only moves rounds earlier; at most one such round per quarter interval.
+            self._members.urgent = False
+            if now - self._urgent_at >= self.config.gossip_interval / 4:
+                self._urgent_at = now
+                self._stats["gossip_urgent"] += 1
+                self._gossip(now)
         if (len(self._queue) or len(self._user_queue)) and "gossip" not in self._heap:
             interval = self.config.gossip_interval
             k = int((now - self._gossip_phase) // interval) + 1

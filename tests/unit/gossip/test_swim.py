@@ -536,3 +536,30 @@ def test_push_pull_reply_is_cached_until_something_changes() -> None:
     core.receive_datagram(("10.0.0.9", 1), sus, now=4.0)
     reply = packet.decode_stream(core.receive_stream(("127.0.0.1", 1), framed, now=5.0), keyring=None)
     assert {s.name: s.state for s in reply.states} == {"me": 0, "x": 1}
+
+
+def test_a_death_is_gossiped_at_once_not_at_the_next_tick() -> None:
+    """Applying a new dead (failed or left) sends a gossip round in the same step, so each hop of
+    the rumour costs a network latency, not up to a gossip interval; at most one such round per
+    quarter gossip interval."""
+    c = booted(4)
+    c.run_for(5.0)
+    core = c.nodes["n0"]
+    drain(core)
+    t = c.now
+
+    def dead(name: str) -> bytes:
+        return packet.encode_datagram(
+            [encode_message(Dead(incarnation=1, node=name, from_node="n1"))],
+            crc=False, compress=False, keyring=None, rng=random.Random(1),
+        )  # fmt: skip
+
+    core.receive_datagram(addr_of(1), dead("n2"), now=t)
+    out = drain(core)
+    carried = [m for _, data in out.datagrams for m in decode(data)]
+    assert Dead(incarnation=1, node="n2", from_node="n1") in carried
+    assert core.stats()["gossip_urgent"] == 1
+    core.receive_datagram(addr_of(1), dead("n3"), now=t + 0.01)  # within a quarter interval
+    assert core.stats()["gossip_urgent"] == 1
+    core.receive_datagram(addr_of(1), dead("n2"), now=t + 0.2)  # nothing new: no round
+    assert core.stats()["gossip_urgent"] == 1
