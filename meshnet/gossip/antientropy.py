@@ -228,9 +228,8 @@ class AntiEntropy:
             user = b""
             if serf is not None:
                 by_name = self.members.by_name
-                names = sorted(by_name)
-                left = [n for n in names if by_name[n].state >= DEAD and n in serf.leaving]
-                user = serf.local_state(names, left)
+                left = sorted(n for n in serf.leaving if n in by_name and by_name[n].state >= DEAD)
+                user = serf.local_state(sorted(by_name), left)
             plain = encode_push_pull_parts(join, self.members.push_states_raw(), user)
             framed = None
         if framed is None or not self._cache_framed:

@@ -223,13 +223,12 @@ def decode_push_pull_state(data: bytes) -> SerfPushPull:
     status_raw = m.get(b"StatusLTimes") or {}
     if not isinstance(status_raw, dict):
         raise DecodeError("serf push-pull state: StatusLTimes must be a map")
-    status: dict[str, int] = {}
-    for k, v in status_raw.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise DecodeError("serf push-pull state: StatusLTimes values must be unsigned")
-        if type(k) is bytes and k.isascii():
-            status[k.decode("ascii")] = v
-        else:
+    status = _status_fast(status_raw)
+    if status is None:  # something unusual: check entry by entry, for the exact error
+        status = {}
+        for k, v in status_raw.items():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise DecodeError("serf push-pull state: StatusLTimes values must be unsigned")
             status[_text(k, "StatusLTimes key")] = v
     return SerfPushPull(
         ltime=_uint(m, b"LTime"),
@@ -238,6 +237,19 @@ def decode_push_pull_state(data: bytes) -> SerfPushPull:
         event_ltime=_uint(m, b"EventLTime"),
         query_ltime=_uint(m, b"QueryLTime"),
     )
+
+
+def _status_fast(raw: dict) -> dict[str, int] | None:
+    """``StatusLTimes`` as text -> time when every key is UTF-8 bytes and every value an unsigned
+    int (a push-pull carries one entry per member, so this runs in comprehensions); else None."""
+    if not all(type(v) is int and v >= 0 for v in raw.values()):
+        return None
+    if not all(type(k) is bytes for k in raw):
+        return None
+    try:
+        return dict(zip([k.decode() for k in raw], raw.values(), strict=True))
+    except UnicodeDecodeError:
+        return None
 
 
 # --- clocks and per-member status times -----------------------------------------------------------

@@ -286,15 +286,19 @@ class Swim:
             self._reject(src, exc)
             return
         alive = self._members.alive
+        named: Ping | IndirectPingReq | None = None  # the first part that names its sender
         for msg, raw in msgs:
             try:
-                if type(msg) is Alive:  # most parts: straight to the member table
+                t = type(msg)
+                if t is Alive:  # most parts: straight to the member table
                     alive(msg, now=now, raw=raw)  # type: ignore[arg-type]
-                else:
-                    self._handle_packet_message(src, msg, now, raw)
+                    continue
+                if (t is Ping or t is IndirectPingReq) and named is None and msg.source_node:  # type: ignore[union-attr]
+                    named = msg  # type: ignore[assignment]
+                self._handle_packet_message(src, msg, now, raw)
             except RemoteProtocolError as exc:
                 self._reject(src, exc)
-        self._saw_sender(src, msgs, now)  # after: a sender introducing itself is known by now
+        self._saw_sender(src, named, now)  # after: a sender introducing itself is known by now
         self._after(now)
 
     def receive_stream(self, src: Addr, data: bytes, *, now: float) -> bytes | None:
@@ -549,18 +553,16 @@ class Swim:
         else:
             raise RemoteProtocolError(f"unexpected {t.__name__} in a datagram")
 
-    def _saw_sender(self, src: Addr, msgs: list[tuple[Message, bytes | None]], now: float) -> None:
+    def _saw_sender(self, src: Addr, named: Ping | IndirectPingReq | None, now: float) -> None:
         """Tell anti-entropy who sent a datagram: the ``SourceNode`` and ``SourceAddr:SourcePort`` of
-        a ping or indirect ping in it when it has them, else the UDP source."""
-        for msg, _ in msgs:
-            t = type(msg)
-            if (t is Ping or t is IndirectPingReq) and msg.source_node:  # type: ignore[union-attr]
-                addr = src
-                if msg.source_addr and len(msg.source_addr) in (4, 16) and msg.source_port:  # type: ignore[union-attr]
-                    addr = (ip_text(msg.source_addr), msg.source_port)  # type: ignore[union-attr]
-                self._anti.saw_sender(addr, msg.source_node, now=now)  # type: ignore[union-attr]
-                return
-        self._anti.saw_sender(src, None, now=now)
+        the first ping or indirect ping in it that has them, else the UDP source."""
+        if named is None:
+            self._anti.saw_sender(src, None, now=now)
+            return
+        addr = src
+        if len(named.source_addr) in (4, 16) and named.source_port:
+            addr = (ip_text(named.source_addr), named.source_port)
+        self._anti.saw_sender(addr, named.source_node, now=now)
 
     def _on_user(self, src: Addr, payload: bytes) -> None:
         self._stats["user_messages_received"] += 1
