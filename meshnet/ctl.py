@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import importlib
 import json
 import os
 import socket
@@ -326,6 +327,24 @@ class UsageError(Exception):
     """A usage error found after parsing (exit code 2)."""
 
 
+#: Modules that add subcommands: each has ``register(sub)``, which adds its parsers to the subparsers
+#: action ``sub`` and gives every leaf parser ``set_defaults(handler=fn)``; ``fn(api_path, args)`` prints
+#: its output and raises ``UsageError``/``AgentError``/``AgentUnreachable`` like the built-in commands.
+#: A module that does not exist (yet) is skipped.
+COMMAND_MODULES = ("meshnet.ctl_ipam", "meshnet.ctl_cnm", "meshnet.ctl_service")
+
+
+def _register_modules(sub: Any) -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Control the local meshnet agent.")
     parser.add_argument(
@@ -373,6 +392,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add("networks", "networks this node has joined")
     stats = add("stats", "NetworkDB counters (node-wide, or of one network)")
     stats.add_argument("network", metavar="NETWORK", nargs="?", help="one network's stats")
+    _register_modules(sub)
     return parser
 
 
@@ -392,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"agent left the cluster ({how}) and is stopping")
         elif args.command == "db":
             _db(path, args)
+        elif getattr(args, "handler", None) is not None:
+            args.handler(path, args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

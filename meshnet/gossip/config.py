@@ -60,10 +60,11 @@ class GossipConfig:
     reconnect_timeout: float = 24 * 3600.0
     #: Left members are forgotten after this long (serf TombstoneTimeout).
     tombstone_timeout: float = 24 * 3600.0
-    #: libnetwork's split-cluster fix: re-join the seeds when no other member is alive, this often.
+    #: This often: libnetwork's split-cluster fix (re-join every seed when none is a live member),
+    #: else re-join one seed that is not in the node list at all (0 disables both).
     rejoin_interval: float = 60.0
-    #: A datagram from a sender that is no alive member starts a push-pull with it this long later,
-    #: if the sender is still unknown then (a join rumour that missed us; 0 disables).
+    #: A datagram from a sender that is unknown or believed dead starts a push-pull with it this long
+    #: later, if that is still so then (a join rumour that missed us; 0 disables).
     sync_unknown_delay: float = 1.0
     #: After joining, push-pull with one random member at each of these offsets (seconds).
     join_sync_offsets: tuple[float, ...] = (1.0, 2.0, 4.0)

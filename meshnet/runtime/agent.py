@@ -40,6 +40,8 @@ class AgentSettings:
     api_path: str | None = None
     #: NetworkDB beside the gossip core (None: gossip only).
     networkdb: DbSettings | None = None
+    #: Agent services (``meshnet/runtime/service.py``), in call order; need ``networkdb``.
+    services: Sequence[Any] = ()
 
 
 async def serve_agent(settings: AgentSettings, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -56,6 +58,7 @@ async def serve_agent(settings: AgentSettings, *, task_status: Any = trio.TASK_S
         meta=settings.meta,
         keyring=settings.keyring,
         networkdb=settings.networkdb,
+        services=settings.services,
     )
     # Receive signals before binding, so a SIGTERM during start-up is a leave, not a traceback.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -245,6 +245,7 @@ def agent_json(node: Any) -> dict[str, Any]:
         "members": counts,
         "stats": {"gossip": node.gossip_stats(), "runtime": dict(node.stats)},
         "networkdb": node.db is not None,
+        "services": {svc.name: svc.stats() for svc in getattr(node, "services", ())},
     }
 
 
@@ -278,8 +279,16 @@ async def handle_request(node: Any, request: Request) -> Response:
 
             return await db_api.handle(node, request)
         if methods is None:
+            for svc in getattr(node, "services", ()):
+                for prefix in svc.api_prefixes:
+                    if request.path == prefix or request.path.startswith(prefix + "/"):
+                        return await svc.handle_api(node, request)
+        if methods is None:
             known = ", ".join(f"{m} {p}" for p, ms in ROUTES.items() for m in ms)
-            raise ApiError(404, "not_found", f"no such endpoint {request.path}; known: {known}, /v1/db/...")
+            extra = "".join(f", {p}/..." for svc in getattr(node, "services", ()) for p in svc.api_prefixes)
+            raise ApiError(
+                404, "not_found", f"no such endpoint {request.path}; known: {known}, /v1/db/...{extra}"
+            )
         handler = methods.get(request.method)
         if handler is None:
             allowed = ", ".join(methods)

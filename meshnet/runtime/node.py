@@ -97,6 +97,7 @@ class Node:
         retry_join_interval: float = 1.0,
         retry_join_max_interval: float = 30.0,
         networkdb: DbSettings | None = None,
+        services: Sequence[Any] = (),
     ) -> None:
         if not name:
             raise ConfigError("a node needs a non-empty name; pass --name")
@@ -117,6 +118,10 @@ class Node:
         self._retry_join_interval = retry_join_interval
         self._retry_join_max_interval = retry_join_max_interval
         self._db_settings = networkdb
+        #: Agent services beside NetworkDB (``meshnet/runtime/service.py``), in call order.
+        self.services: list[Any] = list(services)
+        if self.services and networkdb is None:
+            raise ConfigError("agent services need NetworkDB; pass networkdb=DbSettings(...)")
 
         #: The core, created once the sockets are bound (its address needs the bound port).
         self.swim: Any = None
@@ -234,6 +239,8 @@ class Node:
                     state=state,
                     loaded=loaded,
                 )
+                for svc in self.services:
+                    svc.attach(self)
             log.info(
                 "agent %s listening on %s:%d (udp+tcp), advertising %s:%d",
                 self.name,
@@ -248,6 +255,8 @@ class Node:
                 nursery.start_soon(self._timer_loop)
                 if self.db is not None and self.db.state is not None:
                     nursery.start_soon(self.db.run_persister)
+                for svc in self.services:
+                    await nursery.start(functools.partial(svc.run))
                 if api_sock is not None:
                     await nursery.start(api.serve_api, api_sock, self, api_path)
                 if self.seeds:
@@ -281,6 +290,11 @@ class Node:
         if self.swim is None:
             return False
         if not self.is_leaving:
+            for svc in reversed(self.services):
+                try:
+                    await svc.leave()
+                except Exception:
+                    log.exception("service %s failed to leave gracefully", svc.name)
             self.is_leaving = True
             log.info(
                 "leaving the cluster (waiting up to %.1fs for the broadcast)", 2 * self.config.leave_timeout
@@ -357,6 +371,14 @@ class Node:
                 log.critical("%s; stopping without sending", exc)
                 self.stop()
                 return
+        if self.services and out.rider_events:
+            now = trio.current_time()
+            for svc in self.services:
+                try:
+                    svc.on_db_events(out.rider_events, now)
+                except Exception:
+                    self.stats["core_errors"] += 1
+                    log.exception("service %s raised in on_db_events (counted as core_errors)", svc.name)
         for addr, data in out.datagrams:
             try:
                 self._dgram_send.send_nowait((addr, data))
@@ -611,6 +633,14 @@ class Node:
             log.info("left the cluster (%s)", "broadcast drained" if event.drained else "leave timed out")
         elif isinstance(event, ev.MessageRejected):
             log.debug("rejected input from %s:%s: %s", *event.src, event.reason)
+        if self.services:
+            now = trio.current_time()
+            for svc in self.services:
+                try:
+                    svc.on_member_event(event, now)
+                except Exception:
+                    self.stats["core_errors"] += 1
+                    log.exception("service %s raised in on_member_event (counted as core_errors)", svc.name)
         if self._on_event is not None:
             self._on_event(event)
 
