@@ -296,13 +296,11 @@ class Node:
                 except Exception:
                     log.exception("service %s failed to leave gracefully", svc.name)
             self.is_leaving = True
-            log.info(
-                "leaving the cluster (waiting up to %.1fs for the broadcast)", 2 * self.config.leave_timeout
-            )
+            log.info("leaving the cluster (waiting up to %.1fs for the broadcast)", self.config.leave_timeout)
             self._feed(lambda now: self.swim.leave(now=now))
-        # The core bounds each of its two leave steps (serf intent, then dead) by leave_timeout; the
+        # The core bounds the whole leave (serf intent, then dead) by leave_timeout in total; the
         # extra second covers a core that never says so.
-        with trio.move_on_after(2 * self.config.leave_timeout + 1.0):
+        with trio.move_on_after(self.config.leave_timeout + 1.0):
             await self._left.wait()
         # The last leave broadcasts often come out in the same step as LeaveCompleted: hand them to the
         # kernel before the caller stops us, or peers would see a failure instead of a leave.
