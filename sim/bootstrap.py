@@ -13,7 +13,7 @@ path, without touching their internals beyond one documented cut:
    node. In a cluster that had been running those rumours would long have run out their
    retransmits, so they are *cut*: in the very step that merges the directory's reply (on its
    ``JoinCompleted``, before any gossip tick can send them) the core's membership broadcast queue is
-   cleared (``Swim._queue.clear()``; user broadcasts are kept). As a safety net, until every node
+   cleared (``Swim.drop_membership_broadcasts()``; user broadcasts are kept). As a safety net, until every node
    merged plus ``window`` s a datagram filter removes ``alive`` parts from plain datagrams (it cannot
    look into compressed ones: those are counted as ``opaque``). Both counts are returned so the
    caller can print them.
@@ -98,10 +98,8 @@ def bootstrap_converged(c: Cluster, *, start_at: float = 0.0, window: float = 0.
     def on_join(node: Any, t_us: int, ev: Any, flat: tuple[Any, ...]) -> None:
         # Cut the merge's rumours in the very step that queued them, before any gossip tick.
         if flat[0] == "JoinCompleted" and getattr(ev, "seed", None) == DIRECTORY and node.running:
-            q = node.core._queue
-            counter["queued"] += len(q)
+            counter["queued"] += node.core.drop_membership_broadcasts()
             counter["joined"] += 1
-            q.clear()
 
     prev_filter = c.datagram_filter
     c.endpoints[DIRECTORY] = directory

@@ -13,7 +13,11 @@ the shared ``DeadlineHeap``:
 * ``"push_pull"``: memberlist's periodic sync with one random alive member, every
   ``push_pull_interval`` scaled above 32 nodes.
 * ``"reconnect"``: serf's attempt to reach one random failed member.
-* ``"rejoin"``: libnetwork's rule, join the seeds again when none of them is a live member.
+* ``"rejoin"``, every ``rejoin_interval``: libnetwork's rule, join the seeds again when none of
+  them is a live member; otherwise, **missing-seed rejoin**: join one random seed that is not in
+  our node list at all (two nodes that joined only each other while their other seeds were cut
+  off would stay an island forever). One connection per interval, so a seed that is gone for good
+  costs a failed connect per minute; failed seeds are left to ``"reconnect"``.
 * ``("sync", addr)``, **unknown-sender sync**: a datagram whose sender is unknown or believed dead (by
   ``SourceNode`` when a ping or indirect ping names it, else by the UDP source address) schedules a
   push-pull with it ``sync_unknown_delay`` later; if the sender is still unknown then, the exchange
@@ -202,17 +206,36 @@ class AntiEntropy:
                 self.push_pull(node.address, join=True, kind="reconnect")
             self.heap.set("reconnect", now + self.config.reconnect_interval)
         elif key == "rejoin":
-            # libnetwork's split-cluster fix: when no seed (other than us) is a live member, join the
-            # seeds again. This covers "nobody else is alive" and a join that only reached an island.
-            seeds = [s for s in self.seeds if s != self.addr]
-            if seeds and not any(self.members.alive_at(s) for s in seeds):
-                self.stats["rejoins"] += 1
-                for seed in seeds:
-                    self.push_pull(seed, join=True, kind="rejoin")
+            self._rejoin()
             self.heap.set("rejoin", now + self.config.rejoin_interval)
         else:
             return False
         return True
+
+    def _rejoin(self) -> None:
+        """The ``"rejoin"`` tick: libnetwork's split-cluster fix, then the missing-seed retry."""
+        seeds = [s for s in self.seeds if s != self.addr]
+        if not seeds:
+            return
+        members = self.members
+        if not any(members.alive_at(s) for s in seeds):
+            # libnetwork: no seed (other than us) is a live member, so join them all again. This
+            # covers "nobody else is alive" and a join that only reached an island without a seed.
+            self.stats["rejoins"] += 1
+            for seed in seeds:
+                self.push_pull(seed, join=True, kind="rejoin")
+            return
+        # Some seed is alive, but a seed we have never heard of (or whose member was reaped) may
+        # lead to a cluster we are cut off from: two nodes that joined only each other while their
+        # other seeds were unreachable form an island forever otherwise. Re-join one such seed per
+        # tick (rate limit: one connection per rejoin_interval, also for a seed that is gone for
+        # good). Failed members are serf's reconnect's job and left ones are gone, so a seed we
+        # know in any state is not retried.
+        missing = [s for s in seeds if not members.in_list_at(s)]
+        if missing:
+            self.stats["seed_rejoins"] += 1
+            seed = missing[self.rng.randrange(len(missing))] if len(missing) > 1 else missing[0]
+            self.push_pull(seed, join=True, kind="seed_rejoin")
 
     # -- our frame, and the other side's --------------------------------------------------------------
 

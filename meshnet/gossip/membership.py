@@ -356,6 +356,11 @@ class Membership:
         node = self.by_addr.get(addr)
         return node is not None and node.in_list and node.state <= SUSPECT
 
+    def in_list_at(self, addr: tuple[str, int]) -> bool:
+        """Is a member at this (ip text, port) address in the node list, in any state?"""
+        node = self.by_addr.get(addr)
+        return node is not None and node.in_list
+
     def known_at(self, addr: tuple[str, int]) -> bool:
         """Is the member at this address in the node list and not believed dead (alive, suspect or left)?"""
         node = self.by_addr.get(addr)

@@ -245,6 +245,19 @@ class Swim:
         self._members.set_local_meta(bytes(meta), now=now)
         self._after(now)
 
+    def drop_membership_broadcasts(self) -> int:
+        """Forget every queued membership rumour (``alive``, ``suspect``, ``dead``) unsent; user and
+        serf broadcasts are kept. Returns how many were dropped.
+
+        For simulators that install a converged state as if the cluster had been running for a
+        while (the merge's rumours would long have run out of retransmits there); a real node has
+        no use for it. Not while leaving (the leave's own broadcast is in this queue)."""
+        self._check_usable("drop_membership_broadcasts")
+        dropped = len(self._queue)
+        self._queue.clear()
+        self._stats["membership_broadcasts_dropped"] += dropped
+        return dropped
+
     def send_user(self, payload: bytes, *, now: float) -> None:
         """Gossip ``payload`` to the cluster as a user broadcast (``08|payload``, piggybacked)."""
         self._now = now

@@ -164,16 +164,12 @@ def test_same_seed_same_trace_hash() -> None:
     assert _hash(11) != _hash(12)
 
 
-@pytest.mark.xfail(
-    reason="core gap: two nodes that joined only each other (their other seed was cut off) never "
-    "rejoin, because libnetwork's rule fires only when no seed is a live member",
-    strict=False,
-)
 def test_mutual_seed_island_heals() -> None:
     """A, B, C form a cluster. While A is cut off, D starts with seeds E (not yet running) and A (cut
     off): both fail, D is alone. Then E starts with seeds D and A: D answers, A does not. D and E now
-    each see one of their seeds alive, so neither rejoins. After the heal they should still find the
-    cluster through A, a seed both list and can reach again."""
+    each see one of their seeds alive, so libnetwork's rule (rejoin when no seed is alive) never
+    fires. After the heal they find the cluster through A, a seed both list and can reach again: the
+    missing-seed rejoin (a seed not in the node list at all) tries it at the next rejoin tick."""
     c = Cluster(5, seed=21, config=CFG, link="lan")
     a, b, cc, d, e = c.nodes
     c.start(a)
@@ -185,7 +181,13 @@ def test_mutual_seed_island_heals() -> None:
     c.run_for(1.0)
     c.start(e, [d, a])
     c.run_for(CFG.tcp_timeout + 1.0)
+    island = {d.name, e.name}
+    for x in (d, e):
+        assert {m.name for m in x.core.members() if m.state == "alive"} == island
     c.heal()
-    bound = 2 * CFG.rejoin_interval + CFG.tcp_timeout + push_pull_scale(CFG.push_pull_interval, 5)
+    # The next rejoin tick is at most one interval away; then one TCP exchange and gossip.
+    bound = CFG.rejoin_interval + CFG.tcp_timeout + dissemination_bound(CFG, 5)
     t = c.run_until_true(lambda: membership_converged(c), timeout=bound, every=0.5)
     assert t is not None, unconverged(c)
+    assert d.core.stats().get("seed_rejoins", 0) + e.core.stats().get("seed_rejoins", 0) >= 1
+    assert d.core.stats().get("rejoins", 0) == e.core.stats().get("rejoins", 0) == 0

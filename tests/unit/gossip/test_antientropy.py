@@ -171,3 +171,31 @@ def test_a_missed_join_rumour_is_repaired_by_the_joiners_first_ping() -> None:
     c.heal()
     assert c.run_until(c.now + 30.0, until=lambda: "n3" in c.view("n1"))
     assert c.nodes["n1"].stats().get("unknown_sender_syncs", 0) >= 1
+
+
+def test_missing_seed_rejoin_one_seed_per_tick_only_seeds_never_heard_of() -> None:
+    """Seeds s (answers, alive), f (a member we hear has failed), u and v (never heard of). At each rejoin tick one of u, v gets a Join=True push-pull; s and f never do (a failed
+    member is serf reconnect's job)."""
+    # probes so rare that s stays alive (or at worst suspect) throughout
+    c = core(QUIET.with_(rejoin_interval=20.0, join_sync_offsets=(), probe_interval=100.0))
+    s, f, u, v = ((f"10.0.0.{i}", 7946) for i in (2, 3, 4, 5))
+    c.join([s, f, u, v], now=0.0)
+    reqs = {req.addr: req for req in drain(c).streams}
+    states = tuple(
+        PushNodeState(name=n, addr=bytes([10, 0, 0, i]), port=7946, meta=b"", incarnation=1, state=st)
+        for n, i, st in (("s", 2, 0), ("f", 3, 0))
+    )
+    reply = packet.encode_stream(
+        encode_message(PushPull(join=True, states=states)), compress=False, keyring=None, rng=random.Random(1)
+    )
+    c.receive_stream_reply(reqs[s].stream_id, reply, now=0.5)
+    for addr in (f, u, v):
+        c.stream_failed(reqs[addr].stream_id, now=0.5)
+    c.receive_datagram(s, dgram(Dead(incarnation=1, node="f", from_node="s")), now=0.6)
+    drain(c)
+    assert {m.name: m.state for m in c.members()} == {"me": "alive", "s": "alive", "f": "dead"}
+    got = pulls(c, 61.0, 0.6)
+    assert [t for t, _, _ in got] == [20.0, 40.0, 60.0]
+    assert {addr for _, addr, _ in got} <= {u, v}
+    assert all(pp.join for _, _, pp in got)
+    assert c.stats()["seed_rejoins"] == 3 and c.stats().get("rejoins", 0) == 0

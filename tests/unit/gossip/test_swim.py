@@ -563,3 +563,32 @@ def test_a_death_is_gossiped_at_once_not_at_the_next_tick() -> None:
     assert core.stats()["gossip_urgent"] == 1
     core.receive_datagram(addr_of(1), dead("n2"), now=t + 0.2)  # nothing new: no round
     assert core.stats()["gossip_urgent"] == 1
+
+
+def test_drop_membership_broadcasts_keeps_user_broadcasts_and_refuses_while_leaving() -> None:
+    core = Swim(lan(), name="me", addr=("10.0.0.1", 7946), rng=random.Random(1), now=0.0)
+    for i in range(3):
+        alive = Alive(incarnation=1, node=f"x{i}", addr=bytes([10, 0, 0, 5 + i]), port=7946, meta=b"")
+        core.receive_datagram(("10.0.0.9", 7946), plain_dgram(alive), now=0.1)
+    core.send_user(b"news", now=0.2)
+    drain(core)
+    assert core.drop_membership_broadcasts() == 4  # our own alive and the three we heard
+    assert core.drop_membership_broadcasts() == 0
+    t = 0.2
+    sent: list[bytes] = []
+    while t < 2.0:
+        t = core.next_deadline()
+        got = fire_due(core, t)
+        sent += [data for _, data in got.datagrams]
+    parts = [m for data in sent for m in packet.decode_datagram(data, keyring=None)]
+    assert not any(isinstance(m, Alive) for m in parts)  # the rumours are gone, the news is not
+    assert any(isinstance(m, UserMsg) and m.payload == b"news" for m in parts)
+    core.leave(now=t)
+    with pytest.raises(LocalProtocolError):
+        core.drop_membership_broadcasts()
+
+
+def plain_dgram(msg) -> bytes:
+    return packet.encode_datagram(
+        [encode_message(msg)], crc=False, compress=False, keyring=None, rng=random.Random(1)
+    )
