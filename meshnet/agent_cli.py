@@ -320,6 +320,16 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, str, str]:
     if os.path.exists(state_dir) and not os.path.isdir(state_dir):
         raise ConfigError(f"--state-dir {state_dir} exists and is not a directory; pass another --state-dir")
 
+    from meshnet.ipam.config import IpamConfig  # IPAM (issue 4)
+    from meshnet.runtime.ipam_svc import IpamService  # IPAM (issue 4)
+
+    ipam_config = IpamConfig()  # IPAM: [ipam] overrides fields of meshnet/ipam/config.py
+    if "ipam" in file:
+        ipam_config = ipam_config.with_(
+            **_overrides(where, file["ipam"], "ipam", IpamConfig, "meshnet/ipam/config.py")
+        )
+    services: list[Any] = [IpamService(ipam_config)]  # IPAM first: CNM uses it
+
     settings = AgentSettings(
         config=config,
         name=name,
@@ -330,6 +340,7 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, str, str]:
         keyring=keyring,
         api_path=api_path,
         networkdb=DbSettings(config=ndb_config, state_dir=state_dir),
+        services=services,
     )
     return settings, log_level, state_dir
 
