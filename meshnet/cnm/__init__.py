@@ -1,7 +1,9 @@
 """The Container Network Model (libnetwork's CNM), peer to peer: networks, endpoints and sandboxes.
 
 ``records`` holds the NetworkDB values every host reads (the cross-host contract,
-``docs/agent-services.md``); the controller core and its ordering/rollback live beside it.
+``docs/agent-services.md``); ``controller`` the pure controller core (validation, lookups, operations as
+ordered steps with undo), ``steps`` the step values and their driver, ``sandboxes`` the local sandbox
+state and its file, ``errors`` the typed refusals with their HTTP status.
 """
 
 from .records import (
@@ -17,6 +19,39 @@ from .records import (
     mac_from_ip,
 )
 
+# The controller imports meshnet.overlay, which imports .records: keep these after it.
+from .controller import AttachResult, CnmConfig, Controller  # noqa: E402  isort: skip
+from .errors import (  # noqa: E402  isort: skip
+    BadSandboxState,
+    CnmError,
+    InUse,
+    InvalidRequest,
+    NameConflict,
+    NotFound,
+    NotLocal,
+    NotSupported,
+)
+from .sandboxes import SANDBOXES_FILE, Sandbox, decode_sandboxes, encode_sandboxes  # noqa: E402  isort: skip
+from .steps import (  # noqa: E402  isort: skip
+    Action,
+    AllocateAddress,
+    AttachNetwork,
+    DeleteEndpoint,
+    DeleteNetwork,
+    DetachNetwork,
+    IpamCreateNetwork,
+    IpamDeleteNetwork,
+    Local,
+    Operation,
+    PersistSandboxes,
+    PutEndpoint,
+    PutNetwork,
+    Reconcile,
+    ReleaseAddress,
+    Run,
+    Step,
+)
+
 __all__ = [
     "TABLE_NETWORKS",
     "TABLE_ENDPOINTS",
@@ -28,4 +63,36 @@ __all__ = [
     "encode_endpoint",
     "decode_endpoint",
     "mac_from_ip",
+    "CnmConfig",
+    "Controller",
+    "AttachResult",
+    "CnmError",
+    "InvalidRequest",
+    "NotSupported",
+    "NotFound",
+    "NameConflict",
+    "InUse",
+    "NotLocal",
+    "BadSandboxState",
+    "Sandbox",
+    "SANDBOXES_FILE",
+    "encode_sandboxes",
+    "decode_sandboxes",
+    "Action",
+    "Local",
+    "Step",
+    "Operation",
+    "Run",
+    "IpamCreateNetwork",
+    "IpamDeleteNetwork",
+    "AttachNetwork",
+    "DetachNetwork",
+    "AllocateAddress",
+    "ReleaseAddress",
+    "PutNetwork",
+    "DeleteNetwork",
+    "PutEndpoint",
+    "DeleteEndpoint",
+    "PersistSandboxes",
+    "Reconcile",
 ]
