@@ -1,7 +1,8 @@
 """``meshnet-agent``: run the meshnet agent on this host.
 
     meshnet-agent run --name NAME --bind IP:PORT [--advertise IP:PORT] [--join IP:PORT]...
-                      [--keyring FILE] [--dataplane none|kernel] [--api PATH] [--config FILE]
+                      [--keyring FILE] [--dataplane kernel|none] [--data-addr IP] [--netns-prefix P]
+                      [--api PATH] [--config FILE]
                       [--profile lan|wan|local] [--tag k=v]... [--state-dir DIR] [--log-level LEVEL]
 
 Settings come from a TOML file (``--config FILE``, else ``/etc/meshnet/agent.toml`` if it exists) and
@@ -69,6 +70,8 @@ CONFIG_KEYS = {
     "join",
     "keyring",
     "dataplane",
+    "data_addr",
+    "netns_prefix",
     "api",
     "profile",
     "tags",
@@ -111,7 +114,21 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--keyring", metavar="FILE", help="serf keyring file: JSON list of base64 keys, primary first"
     )
-    run.add_argument("--dataplane", choices=("none", "kernel"), help="kernel state to manage (default: none)")
+    run.add_argument(
+        "--dataplane",
+        choices=("kernel", "none"),
+        help="kernel: program the VXLAN overlay (root); none: control plane only (default: kernel)",
+    )
+    run.add_argument(
+        "--data-addr",
+        metavar="IP",
+        help="VXLAN tunnel endpoint address of this host (default: the advertise IP)",
+    )
+    run.add_argument(
+        "--netns-prefix",
+        metavar="P",
+        help="prefix of the namespaces this agent creates, P + ov-VNI and P + sb-NAME (default: mn-)",
+    )
     run.add_argument(
         "--api", metavar="PATH", help="unix socket of the local API (default: /run/meshnet/agent.sock)"
     )
@@ -246,13 +263,13 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, str, str]:
             return _typed(where, key, file[key], kind, what)
         return None
 
-    dataplane = pick(args.dataplane, "dataplane") or "none"
-    if dataplane == "kernel":
+    dataplane = pick(args.dataplane, "dataplane") or "kernel"  # CNM
+    if dataplane not in ("kernel", "none"):
+        raise ConfigError(f"dataplane {dataplane!r} is unknown; use --dataplane kernel or none")
+    if dataplane == "kernel" and os.geteuid() != 0:
         raise ConfigError(
-            "--dataplane kernel is not implemented yet (the overlay will add it); use --dataplane none"
+            "--dataplane kernel needs root (it creates namespaces and links); run as root or pass --dataplane none"
         )
-    if dataplane != "none":
-        raise ConfigError(f"dataplane {dataplane!r} is unknown; use --dataplane none")
 
     profile = pick(args.profile, "profile") or "lan"
     if profile not in PROFILES:
@@ -329,6 +346,7 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, str, str]:
             **_overrides(where, file["ipam"], "ipam", IpamConfig, "meshnet/ipam/config.py")
         )
     services: list[Any] = [IpamService(ipam_config)]  # IPAM first: CNM uses it
+    services.append(_cnm_service(file, where, args, dataplane, advertise or bind))  # CNM after IPAM
 
     settings = AgentSettings(
         config=config,
@@ -343,6 +361,43 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, str, str]:
         services=services,
     )
     return settings, log_level, state_dir
+
+
+def _cnm_service(
+    file: dict[str, Any], where: str, args: argparse.Namespace, dataplane: str, addr: Any
+) -> Any:
+    """The CNM service: its dataplane (``NetlinkDataplane`` for kernel, ``MemoryDataplane`` for none), the
+    VTEP address (``--data-addr``, default the advertise/bind IP) and the namespace prefix."""
+    from meshnet.runtime.cnm_model import valid_name
+    from meshnet.runtime.cnm_svc import CnmService
+
+    data_text = args.data_addr if args.data_addr is not None else file.get("data_addr")
+    data_addr = str(addr[0])
+    if data_text is not None:
+        data_text = _typed(where, "data_addr", data_text, str, "an IP address string")
+        try:
+            data_addr = str(ipaddress.ip_address(data_text))
+        except ValueError:
+            raise ConfigError(
+                f"--data-addr {data_text!r} is not an IP address; e.g. --data-addr 10.0.0.5"
+            ) from None
+    if ipaddress.ip_address(data_addr).is_unspecified:
+        raise ConfigError("the VTEP address cannot be unspecified; pass --data-addr IP")
+    prefix = args.netns_prefix if args.netns_prefix is not None else file.get("netns_prefix", "mn-")
+    prefix = _typed(where, "netns_prefix", prefix, str, "a string")
+    if not valid_name(prefix + "x") or len(prefix) > 16:
+        raise ConfigError(
+            f"--netns-prefix {prefix!r} must be up to 16 letters, digits, '_', '.' or '-' (e.g. h1-)"
+        )
+    if dataplane == "kernel":
+        from meshnet.dataplane.netlink import NetlinkDataplane
+
+        dp: Any = NetlinkDataplane()
+    else:
+        from meshnet.dataplane import MemoryDataplane
+
+        dp = MemoryDataplane()
+    return CnmService(dp, data_addr=data_addr, netns_prefix=prefix)
 
 
 def _load_keyring(path: str) -> Any:

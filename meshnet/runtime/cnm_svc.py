@@ -173,6 +173,8 @@ class CnmService(CnmOperations, BaseService):
         if self.ipam is None:
             self.ipam = next((s for s in node.services if getattr(s, "name", "") == "ipam"), None)
         self.vtep = str(ipaddress.ip_address(self.data_addr or node.advertise_addr[0]))
+        if self.state_dir is None:
+            self.state_dir = node.db.settings.state_dir
         try:
             self._sandboxes = load_sandboxes(self.state_dir)
         except ValueError as exc:

@@ -8,8 +8,10 @@ from meshnet import agent_cli
 from meshnet.core.errors import ConfigError
 
 
-def settings(tmp_path, *flags: str, toml: str | None = None):
+def settings(tmp_path, *flags: str, toml: str | None = None, default_dataplane: bool = False):
     argv = ["run", "--name", "host-a", "--bind", "127.0.8.40:0", *flags]
+    if not default_dataplane and "--dataplane" not in flags and "dataplane" not in (toml or ""):
+        argv += ["--dataplane", "none"]  # the kernel default needs root (tested below)
     cfg = tmp_path / "agent.toml"
     cfg.write_text(toml or "")
     argv += ["--config", str(cfg)]  # never /etc/meshnet/agent.toml
@@ -58,3 +60,61 @@ def test_a_state_dir_that_is_a_file_is_refused(tmp_path):
     f.write_text("")
     with pytest.raises(ConfigError, match="is not a directory"):
         settings(tmp_path, "--state-dir", str(f))
+
+
+def cnm_of(s):
+    return next(svc for svc in s.services if svc.name == "cnm")
+
+
+def test_the_dataplane_defaults_to_kernel_and_cnm_comes_after_ipam(tmp_path, monkeypatch):
+    from meshnet.dataplane import MemoryDataplane
+
+    state = ["--state-dir", str(tmp_path / "s")]
+    s, _, _ = settings(tmp_path, *state, "--dataplane", "none")
+    assert [svc.name for svc in s.services] == ["ipam", "cnm"]
+    assert isinstance(cnm_of(s).dp, MemoryDataplane)
+    # The default is the kernel dataplane, which needs root; as root it is NetlinkDataplane.
+    monkeypatch.setattr(agent_cli.os, "geteuid", lambda: 1000)
+    with pytest.raises(ConfigError, match="needs root"):
+        settings(tmp_path, *state, default_dataplane=True)
+    monkeypatch.setattr(agent_cli.os, "geteuid", lambda: 0)
+    s, _, _ = settings(tmp_path, *state, default_dataplane=True)
+    from meshnet.dataplane.netlink import NetlinkDataplane
+
+    assert isinstance(cnm_of(s).dp, NetlinkDataplane)
+    cnm_of(s).dp.close()
+
+
+def test_data_addr_and_netns_prefix_flags_and_toml(tmp_path):
+    state = ["--state-dir", str(tmp_path / "s"), "--dataplane", "none"]
+    cnm = cnm_of(settings(tmp_path, *state)[0])
+    assert (cnm.data_addr, cnm.prefix) == ("127.0.8.40", "mn-")  # the bind IP, the default prefix
+    cnm = cnm_of(settings(tmp_path, *state, toml='data_addr = "10.77.0.11"\nnetns_prefix = "h1-"\n')[0])
+    assert (cnm.data_addr, cnm.prefix) == ("10.77.0.11", "h1-")
+    cnm = cnm_of(
+        settings(
+            tmp_path,
+            *state,
+            "--data-addr",
+            "10.77.0.12",
+            "--netns-prefix",
+            "h2-",
+            toml='netns_prefix = "x-"\n',
+        )[0]
+    )
+    assert (cnm.data_addr, cnm.prefix) == ("10.77.0.12", "h2-")
+
+
+@pytest.mark.parametrize(
+    "flags, toml, needle",
+    [
+        (["--data-addr", "host-a"], "", "--data-addr 'host-a' is not an IP address"),
+        (["--netns-prefix", "a/b"], "", "--netns-prefix 'a/b'"),
+        ([], 'dataplane = "ebpf"\n', "dataplane 'ebpf' is unknown"),
+        ([], "data_addr = 5\n", "data_addr must be an IP address string"),
+    ],
+)
+def test_bad_cnm_settings_name_the_fix(tmp_path, flags, toml, needle):
+    with pytest.raises(ConfigError) as exc:
+        settings(tmp_path, "--state-dir", str(tmp_path / "s"), *flags, toml=toml)
+    assert needle in str(exc.value)
