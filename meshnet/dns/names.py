@@ -37,7 +37,10 @@ name answers, in scope order. Which names are *cluster names*, answered here and
 4. reverse names (in-addr.arpa, ip6.arpa) inside a scoped network's subnet, and any address a scoped
    record carries. A full address without a record is NXDOMAIN; a partial reverse name inside a
    subnet is NODATA (names exist below it);
-5. ``localhost`` (RFC 6761 6.3): 127.0.0.1 and ::1.
+5. ``localhost`` (RFC 6761 6.3): 127.0.0.1 and ::1;
+6. names equal to or under *any* declared network's name, and reverse names inside any declared
+   network's subnet, even outside the sandbox's scope: NXDOMAIN (or NODATA for a partial reverse name),
+   never an answer (the scope holds) and never a forward (the cluster's names do not leak upstream).
 
 Everything else is ``FORWARD``: the resolver sends it to the upstream servers.
 """
@@ -300,6 +303,7 @@ class NameTable:
 
     def __init__(self) -> None:
         self._nets: dict[str, _Net] = {}
+        self._net_names: dict[str, int] = {}  # every declared network name -> how many networks carry it
         self.generation = 0
         self.invalid_names = 0
 
@@ -312,14 +316,26 @@ class NameTable:
         if name is None:
             self.invalid_names += 1
         if (net.name, net.subnets) != (name, info.subnets):
+            self._count_name(net.name, -1)
+            self._count_name(name, 1)
             net.name, net.subnets = name, info.subnets
             self._bump(net)
+
+    def _count_name(self, name: str | None, delta: int) -> None:
+        if name is None:
+            return
+        count = self._net_names.get(name, 0) + delta
+        if count > 0:
+            self._net_names[name] = count
+        else:
+            self._net_names.pop(name, None)
 
     def remove_network(self, network_id: str) -> bool:
         """Forget a network with all its records; False when it was unknown."""
         net = self._nets.pop(network_id, None)
         if net is None:
             return False
+        self._count_name(net.name, -1)
         self.generation += 1
         return True
 
@@ -398,6 +414,12 @@ class NameTable:
         for net in nets:
             if net.name is not None and (name == net.name or name.endswith("." + net.name)):
                 return _NXDOMAIN
+        if self._net_names:
+            # Rule 6: a name under any network of the cluster, scoped or not, never leaks upstream.
+            labels = name.split(".")
+            for i in range(len(labels)):
+                if ".".join(labels[i:]) in self._net_names:
+                    return _NXDOMAIN
         return _FORWARD
 
     def addresses(
@@ -574,6 +596,16 @@ class NameTable:
                     return _NODATA
                 return Resolution(Status.ANSWER, tuple(Rr(PTR, t, is_stable=stable) for t in targets))
         for net in nets:
+            for subnet in net.subnets:
+                plen = subnet.prefixlen
+                if (
+                    subnet.version == version
+                    and bits >= plen
+                    and value >> (bits - plen) == int(subnet.network_address) >> (full_bits - plen)
+                ):
+                    return _NXDOMAIN if bits == full_bits else _NODATA
+        # Rule 6 for reverse names: an address in any cluster subnet (scoped or not) never leaks.
+        for net in self._nets.values():
             for subnet in net.subnets:
                 plen = subnet.prefixlen
                 if (

@@ -139,7 +139,14 @@ def check_reply(data: bytes, out: object) -> None:
     assert out is None or isinstance(out, (Reply, Forward))
     if not isinstance(out, Reply):
         return
-    msg = dns.message.from_wire(out.data)  # well formed
+    # Well formed. An UPDATE (opcode 5) is answered NOTIMP with its zone section echoed as sent, which
+    # dnspython's UPDATE reader refuses unless it is an SOA question: check the framing as a QUERY.
+    wire = (
+        out.data[:2] + bytes([out.data[2] & 0x87]) + out.data[3:]
+        if (out.data[2] >> 3) & 0xF == 5
+        else out.data
+    )
+    msg = dns.message.from_wire(wire)
     assert msg.flags & dns.flags.QR
     assert out.data[:2] == data[:2]  # the query's id
     q = parse_query(data)

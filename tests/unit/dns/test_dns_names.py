@@ -123,8 +123,9 @@ def test_reverse_zone_of_a_scoped_subnet_is_ours_unknown_addresses_nxdomain():
 def test_other_networks_are_invisible_names_and_ptr():
     t = cluster()
     assert t.resolve("secret", A, S12).status is Status.NXDOMAIN
-    assert t.resolve("secret.other", A, S12).status is Status.FORWARD  # "other" is no network of ours
-    assert t.resolve("2.3.0.10.in-addr.arpa", PTR, S12).status is Status.FORWARD
+    # "other" is not in scope: no answer, and (rule 6) not forwarded either: the cluster's names never leak
+    assert t.resolve("secret.other", A, S12).status is Status.NXDOMAIN
+    assert t.resolve("2.3.0.10.in-addr.arpa", PTR, S12).status is Status.NXDOMAIN
     assert values(t.resolve("secret", A, ("n3",))) == ["10.0.3.2"]
     assert t.resolve("db", A, ("n1",)).status is Status.NXDOMAIN
 

@@ -96,9 +96,7 @@ def test_any_query_returns_both_families():
 def test_different_network_not_resolvable_but_is_from_its_own_scope():
     r = resolver(scope=("n1", "n2"))
     assert rcode(ask(r, query("secret"))) == "NXDOMAIN"
-    assert isinstance(
-        r.receive_query(query("secret.other"), client=CLIENT, transport=Transport.UDP, now=0), Forward
-    )
+    assert rcode(ask(r, query("secret.other"))) == "NXDOMAIN"  # not in scope, and never forwarded
     r3 = resolver(scope=("n3",))
     assert answer_values(ask(r3, query("secret"))) == ["10.0.3.2"]
     assert rcode(ask(r3, query("web"))) == "NXDOMAIN"
