@@ -72,7 +72,7 @@ class NetworkQueue:
     once the batch is full, so it costs about the batch size, not the queue length; eviction takes the
     oldest item of the highest rebroadcast bucket in O(number of buckets)."""
 
-    __slots__ = ("max_len", "stats", "_items", "_buckets", "_seq")
+    __slots__ = ("max_len", "stats", "_items", "_buckets", "_seq", "_bytes")
 
     def __init__(self, *, max_len: int) -> None:
         self.max_len = max_len
@@ -81,6 +81,7 @@ class NetworkQueue:
         #: (0 local | 1 rebroadcast, transmits) -> keys, oldest first
         self._buckets: dict[tuple[int, int], dict[Hashable, None]] = {}
         self._seq = 0
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -90,6 +91,11 @@ class NetworkQueue:
 
     def get(self, key: Hashable) -> QueueItem | None:
         return self._items.get(key)
+
+    @property
+    def nbytes(self) -> int:
+        """Sum of the queued items' encoded sizes (what one transmit of every item would carry)."""
+        return self._bytes
 
     @property
     def local_len(self) -> int:
@@ -108,6 +114,7 @@ class NetworkQueue:
     def _drop(self, item: QueueItem) -> None:
         self._unfile(item)
         del self._items[item.key]
+        self._bytes -= len(item.raw)
 
     def enqueue(self, key: Hashable, precedence: Any, raw: bytes, *, is_local: bool) -> bool:
         """Queue an event; False if refused (not newer than the queued one, or full of local writes)."""
@@ -124,6 +131,7 @@ class NetworkQueue:
         self._seq += 1
         item = QueueItem(key, precedence, raw, is_local, 0, self._seq)
         self._items[key] = item
+        self._bytes += len(raw)
         self._file(item)
         self.stats.enqueued += 1
         self.stats.max_len_seen = max(self.stats.max_len_seen, len(self._items))
@@ -141,11 +149,19 @@ class NetworkQueue:
         return False
 
     def take(
-        self, budget_bytes: int, limit: int, *, skip: set[Hashable] | None = None
+        self,
+        budget_bytes: int,
+        limit: int,
+        *,
+        skip: set[Hashable] | None = None,
+        relay_limit: int | None = None,
     ) -> tuple[list[QueueItem], list[QueueItem]]:
         """One batch whose raw sizes sum to at most ``budget_bytes``, plus at most one item too large
-        for any batch. Each item taken counts a transmit and leaves the queue at ``limit`` transmits.
-        Keys in ``skip`` (already sent this interval) are passed over; taken keys are added to it."""
+        for any batch. Each item taken counts a transmit; a local write leaves the queue at ``limit``
+        transmits, a rebroadcast at ``relay_limit`` (default ``limit``). Keys in ``skip`` (already sent
+        this interval) are passed over; taken keys are added to it."""
+        if relay_limit is None:
+            relay_limit = limit
         batch: list[QueueItem] = []
         large: list[QueueItem] = []
         room = budget_bytes
@@ -174,8 +190,9 @@ class NetworkQueue:
             self._unfile(item)
             item.transmits += 1
             self.stats.transmitted += 1
-            if item.transmits >= limit:
+            if item.transmits >= (limit if item.is_local else relay_limit):
                 del self._items[item.key]
+                self._bytes -= len(item.raw)
                 self.stats.completed += 1
             else:
                 self._file(item)
@@ -184,3 +201,4 @@ class NetworkQueue:
     def clear(self) -> None:
         self._items.clear()
         self._buckets.clear()
+        self._bytes = 0

@@ -26,7 +26,7 @@ and state syncs larger than ``Limits.max_message_bytes`` are split into parts (`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -394,10 +394,21 @@ def _entries(v: Any, lim: Limits) -> tuple[WireEntry, ...]:
     return tuple(_entry(e, lim) for e in _list(v, "entries"))
 
 
-def _body(kind: Kind, v: Any, lim: Limits) -> Body:
+#: ``skip(network, raw)``: True for an undecoded entry (a msgpack list, not validated) the receiver
+#: already holds, so it is neither validated nor decoded. It must not raise for any ``raw``.
+SkipEntry = Callable[[str, Any], bool]
+
+
+def _body(kind: Kind, v: Any, lim: Limits, skip: SkipEntry | None = None) -> Body:
     if kind is Kind.TABLE_EVENTS:
         f = _list(v, "TableEvents", 2)
-        return TableEvents(network=_str(f[0], "network", lim.max_network_bytes), entries=_entries(f[1], lim))
+        network = _str(f[0], "network", lim.max_network_bytes)
+        if skip is None:
+            return TableEvents(network=network, entries=_entries(f[1], lim))
+        raws = _list(f[1], "entries")
+        return TableEvents(
+            network=network, entries=tuple(_entry(e, lim) for e in raws if not skip(network, e))
+        )
     if kind is Kind.ATTACHMENT_EVENTS:
         f = _list(v, "AttachmentEvents", 1)
         return AttachmentEvents(attachments=_attachments(f[0], lim))
@@ -451,8 +462,12 @@ def _body(kind: Kind, v: Any, lim: Limits) -> Body:
     raise DecodeError(f"unknown message kind {kind!r}")  # pragma: no cover - Kind() already checked
 
 
-def decode(data: bytes, limits: Limits | None = None) -> Envelope:
-    """Decode one NetworkDB payload. Raises ``DecodeError`` (only) for anything malformed."""
+def decode(data: bytes, limits: Limits | None = None, *, skip: SkipEntry | None = None) -> Envelope:
+    """Decode one NetworkDB payload. Raises ``DecodeError`` (only) for anything malformed.
+
+    ``skip`` filters the entries of a ``TableEvents`` before they are validated (see ``SkipEntry``):
+    a receiver passes its "already have this version" check, so the many duplicate copies gossip
+    delivers cost a type check and a dictionary lookup each instead of a full decode and merge."""
     lim = limits if limits is not None else Limits()
     if not is_networkdb(data):
         raise DecodeError("not a NetworkDB payload (missing 0x6e prefix)")
@@ -486,7 +501,7 @@ def decode(data: bytes, limits: Limits | None = None) -> Envelope:
             raise DecodeError(f"unknown message kind {code}") from exc
         sender = _str(f[2], "sender", lim.max_node_name_bytes, allow_empty=False)
         cluster_id = _str(f[3], "cluster_id", _MAX_CLUSTER_ID)
-        return Envelope(sender=sender, cluster_id=cluster_id, body=_body(kind, f[4], lim))
+        return Envelope(sender=sender, cluster_id=cluster_id, body=_body(kind, f[4], lim, skip))
     except DecodeError:
         raise
     except Exception as exc:  # defensive: validation must never leak another exception type

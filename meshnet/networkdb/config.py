@@ -48,13 +48,23 @@ class NetworkDBConfig:
     gossip_interval: float = 0.2
     #: Peers of the network each batch goes to per interval (libnetwork mRandomNodes(3)).
     gossip_nodes: int = 3
-    #: Datagrams per peer per interval. libnetwork sends one; two halve the drain time of a burst.
+    #: Datagrams per peer per interval when the queue is short. libnetwork sends one; two halve the
+    #: drain time of a small burst.
     gossip_packets: int = 2
+    #: Adaptive budget: when one transmit of every queued item needs more than ``gossip_packets``
+    #: datagrams, up to this many go per peer per interval (so a backlog drains instead of waiting
+    #: out its retransmits; bounded so a burst cannot flood a link). libnetwork has no such bound.
+    max_gossip_packets: int = 32
     #: Budget of one gossip datagram's NetworkDB payload: PacketBufferSize 1400 minus memberlist
     #: framing (user-message byte, CRC, compound part, AES-GCM version/nonce/tag).
     packet_budget_bytes: int = 1300
-    #: A table event is sent retransmit_mult * ceil(log10(n + 1)) times (libnetwork RetransmitMult 4).
+    #: A local write is sent retransmit_mult * ceil(log10(n + 1)) times (libnetwork RetransmitMult 4).
     retransmit_mult: int = 4
+    #: A rebroadcast (an event learned from a peer) is sent relay_retransmit_mult * ceil(log10(n + 1))
+    #: times. libnetwork uses RetransmitMult for both; with every node relaying every event that many
+    #: times, each node receives each event about 3 * 4 * ceil(log10(n + 1)) times, so throughput is
+    #: capped by the queues (issue 3). Each relay still goes to ``gossip_nodes`` peers per transmit.
+    relay_retransmit_mult: int = 1
     #: Hard bound of one network's queue; the oldest rebroadcasts are evicted first (then local writes,
     #: which anti-entropy still carries). libnetwork's queue is unbounded.
     max_queue_len: int = 4096
@@ -143,6 +153,8 @@ class NetworkDBConfig:
             "gossip_nodes",
             "gossip_packets",
             "retransmit_mult",
+            "relay_retransmit_mult",
+            "max_gossip_packets",
             "max_queue_len",
             "bulk_sync_attempts",
             "high_water_block",
@@ -155,6 +167,8 @@ class NetworkDBConfig:
         for name in ("join_sync_max_peers", "return_sync_fanout", "bootstrap_state_syncs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.max_gossip_packets < self.gossip_packets:
+            raise ConfigError("max_gossip_packets must be >= gossip_packets")
         if not 256 <= self.packet_budget_bytes <= 65000:
             raise ConfigError("packet_budget_bytes must be 256..65000")
         if self.max_queue_len_broadcast_on_sync > self.max_queue_len:

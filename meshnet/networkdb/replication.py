@@ -223,6 +223,35 @@ class Replica:
         self._put(incoming, cur)
         return True
 
+    def _held(self, network: str, raw: object) -> bool:
+        """The cheap "already have this version" check on an undecoded gossiped entry (``raw`` is
+        ``[table, key, value, owner, ltime, flags, reap_in_ms]`` unvalidated). True, so the entry is
+        not even decoded, when the merge would certainly ignore it: the stored record of its slot is a
+        live entry of the same owner, ltime and value (a duplicate copy), or has a greater ltime (a
+        stale one). Tombstones, ties with other owners or values and unknown slots take the full path
+        (reap-time and tie-break rules). Never raises for any ``raw``."""
+        if type(raw) is not list or len(raw) != 7:
+            return False
+        table, key, value, owner, ltime = raw[0], raw[1], raw[2], raw[3], raw[4]
+        if type(table) is not str or type(key) is not str or type(ltime) is not int:
+            return False
+        cur = self._store.lookup(network, table, key)
+        if cur is None:
+            return False
+        if cur.ltime > ltime:
+            self._count("stale_entries")
+            return True
+        if (
+            cur.ltime == ltime
+            and not cur.deleted
+            and cur.owner == owner
+            and cur.value == value
+            and (raw[5] == 0 or raw[5] == 2)
+        ):
+            self._count("duplicate_entries")
+            return True
+        return False
+
     def _own_entry_seen(self, network: str, w: WireEntry, now: float) -> bool:
         """Owner authority: a copy of our own entry newer than what we hold is from a previous life."""
         slot = (network, w.table, w.key)
@@ -595,12 +624,15 @@ class Replica:
             if not chosen:
                 continue
             limit = retransmit_limit(cfg.retransmit_mult, len(peers) + 1)
+            relay_limit = retransmit_limit(cfg.relay_retransmit_mult, len(peers) + 1)
             budget = cfg.packet_budget_bytes - codec.table_events_overhead(
                 self.name, self._cluster_id, network
             )
+            # Adaptive budget: enough datagrams for one transmit of every queued item, within bounds.
+            packets = min(cfg.max_gossip_packets, max(cfg.gossip_packets, -(-net.queue.nbytes // budget)))
             sent: set[Hashable] = set()
-            for _ in range(cfg.gossip_packets):
-                batch, large = net.queue.take(budget, limit, skip=sent)
+            for _ in range(packets):
+                batch, large = net.queue.take(budget, limit, skip=sent, relay_limit=relay_limit)
                 if batch:
                     payload = codec.encode_table_events_raw(
                         self.name, self._cluster_id, network, [i.raw for i in batch]

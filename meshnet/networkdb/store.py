@@ -416,7 +416,7 @@ class NetworkDB(Replica):
             return
         self._count("messages_received")
         try:
-            env = codec.decode(data, self._limits)
+            env = codec.decode(data, self._limits, skip=self._held)
         except DecodeError as exc:
             self._reject(src, f"decode: {exc}")
             return

@@ -109,6 +109,14 @@ class TableStore:
         keys = tables.get(table)
         return None if keys is None else keys.get(key)
 
+    def lookup(self, network: str, table: str, key: str) -> Entry | None:
+        """``get`` without building the slot tuple (hot path: every gossiped copy)."""
+        tables = self._nets.get(network)
+        if tables is None:
+            return None
+        keys = tables.get(table)
+        return None if keys is None else keys.get(key)
+
     def put(self, entry: Entry) -> Entry | None:
         """Store ``entry`` in its slot unconditionally; return what was there."""
         network, table, key = entry.slot

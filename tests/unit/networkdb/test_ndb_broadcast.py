@@ -121,3 +121,29 @@ def test_skip_set_keeps_one_interval_from_sending_an_item_twice():
     assert keys(q.take(15, limit=5, skip=sent)[0]) == ["b"]
     assert keys(q.take(15, limit=5, skip=sent)[0]) == ["a"]
     assert q.take(15, limit=5, skip=sent) == ([], []) and sent == {"a", "b"}
+
+
+def test_rebroadcasts_leave_after_relay_limit_local_writes_after_limit():
+    q = NetworkQueue(max_len=10)
+    q.enqueue("mine", (1, "me"), raw(), is_local=True)
+    q.enqueue("relay", (1, "r"), raw(), is_local=False)
+    sends = {"mine": 0, "relay": 0}
+    for _ in range(6):
+        for item in q.take(1000, limit=4, relay_limit=2)[0]:
+            sends[item.key] += 1
+    assert sends == {"mine": 4, "relay": 2} and len(q) == 0 and q.stats.completed == 2
+
+
+def test_nbytes_is_the_sum_of_queued_sizes():
+    q = NetworkQueue(max_len=3)
+    q.enqueue("a", (1, "x"), raw(10), is_local=False)
+    q.enqueue("b", (1, "x"), raw(20), is_local=False)
+    assert q.nbytes == 30
+    q.enqueue("a", (2, "x"), raw(15), is_local=False)  # supersede
+    assert q.nbytes == 35
+    q.enqueue("c", (1, "x"), raw(5), is_local=True)
+    q.enqueue("d", (1, "x"), raw(7), is_local=True)  # full: evicts a rebroadcast
+    assert q.nbytes == sum(len(q.get(k).raw) for k in "abcd" if k in q)
+    for _ in range(3):
+        q.take(1000, limit=3, relay_limit=1)
+    assert len(q) == 0 and q.nbytes == 0

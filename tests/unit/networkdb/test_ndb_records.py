@@ -189,6 +189,8 @@ class TestConfig:
             {"max_message_bytes": 1000},
             {"max_key_bytes": 0},
             {"join_sync_max_peers": -1},
+            {"relay_retransmit_mult": 0},
+            {"max_gossip_packets": 1},
         ],
     )
     def test_bad_config_says_what(self, change):

@@ -462,3 +462,92 @@ class TestReceivePath:
 
 def _fields(m):
     return {f: getattr(m, f) for f in m.__slots__}
+
+
+class TestThroughputPaths:
+    """The paths that carry 1,000 writes/s: duplicate copies skipped before decoding, rebroadcasts
+    sent fewer times than local writes, and a long queue drained with more datagrams per interval."""
+
+    def peered(self, **changes):
+        db = mk(join_global=False, **changes)
+        db.join_network("n", now=0.0)
+        db.node_alive("b", PEER, incarnation=1, now=0.0)
+        db.receive(PEER, codec.encode(Envelope("b", "", _att("b", "n"))), now=0.0)
+        drain(db)
+        db.messages_to_send()
+        return db
+
+    def test_duplicate_and_stale_copies_are_skipped_before_decoding(self):
+        db = self.peered()
+        db.receive(PEER, table_msg("b", "n", WireEntry("t", "k", b"v", "b", 5)), now=0.0)
+        assert [type(e) for e in watch_events(db)] == []  # no watch: just check the store
+        assert db.get_entry("t", "n", "k").ltime == 5
+        db.receive(PEER, table_msg("b", "n", WireEntry("t", "k", b"v", "b", 5)), now=0.0)
+        db.receive(PEER, table_msg("b", "n", WireEntry("t", "k", b"old", "b", 3)), now=0.0)
+        st = db.stats()
+        assert st["duplicate_entries"] == 1 and st["stale_entries"] == 1
+        # a skipped copy is not validated either: garbage in an entry the node holds newer is ignored
+        bad = codec._header(codec.Kind.TABLE_EVENTS, "b", "") + codec._pack(
+            ["n", [["t", "k", 1, "b", 2, 9, -1]]]
+        )
+        db.receive(PEER, bad, now=0.0)
+        assert db.stats()["stale_entries"] == 2 and db.stats().get("messages_rejected", 0) == 0
+        # ... while the same garbage for an unknown slot is rejected as before
+        bad2 = codec._header(codec.Kind.TABLE_EVENTS, "b", "") + codec._pack(
+            ["n", [["t", "new", 1, "b", 2, 9, -1]]]
+        )
+        db.receive(PEER, bad2, now=0.0)
+        assert db.stats()["messages_rejected"] == 1
+
+    def test_same_version_tombstone_and_tie_take_the_full_merge(self):
+        db = self.peered()
+        db.receive(PEER, table_msg("b", "n", WireEntry("t", "k", b"v", "b", 5)), now=0.0)
+        # same (ltime, owner) but a tombstone: wins the tie, not a duplicate
+        db.receive(PEER, table_msg("b", "n", WireEntry("t", "k", b"v", "b", 5, True, False, 60_000)), now=0.0)
+        assert db.get_entry("t", "n", "k") is None
+        assert db.walk_table("t", "n", include_deleted=True)[0].reap_at == 60.0
+        # a same-version tombstone with an earlier reap time still lowers it (full path, not skipped)
+        db.receive(PEER, table_msg("b", "n", WireEntry("t", "k", b"v", "b", 5, True, False, 10_000)), now=0.0)
+        assert db.walk_table("t", "n", include_deleted=True)[0].reap_at == 10.0
+        # same ltime, other owner: the tie-break by owner decides, so it is merged
+        db.receive(PEER, table_msg("b", "n", WireEntry("t", "k2", b"v", "b", 7)), now=0.0)
+        db.receive(PEER, table_msg("b", "n", WireEntry("t", "k2", b"w", "c", 7)), now=0.0)
+        assert db.get_entry("t", "n", "k2").owner == "c"
+        assert db.stats().get("duplicate_entries", 0) == 0
+
+    def test_rebroadcasts_are_sent_relay_limit_times(self):
+        db = self.peered(retransmit_mult=3, relay_retransmit_mult=1)
+        db.receive(PEER, table_msg("b", "n", WireEntry("t", "r", b"v", "b", 5)), now=0.0)
+        db.create_entry("t", "n", "mine", b"v", now=0.0)
+        counts = {"r": 0, "mine": 0}
+        for _ in range(10):
+            if db.next_deadline() is None:
+                break
+            db.handle_timer(now=db.next_deadline())
+            for m in db.messages_to_send():
+                body = codec.decode(m.payload).body
+                if isinstance(body, TableEvents):
+                    for w in body.entries:
+                        counts[w.key] += 1
+        # 2 nodes in the network: ceil(log10(3)) = 1, so 3 local transmits and 1 relay transmit
+        assert counts == {"r": 1, "mine": 3}
+
+    def test_long_queue_gets_more_datagrams_per_interval_within_the_bound(self):
+        db = self.peered(gossip_packets=2, max_gossip_packets=5, retransmit_mult=1)
+        for i in range(200):
+            db.create_entry("t", "n", f"k{i:03d}", b"x" * 100, now=0.0)
+        db.messages_to_send()
+        db.handle_timer(now=db.next_deadline())
+        sent = db.messages_to_send()
+        assert len(sent) == 5  # one peer, 5 datagrams (not gossip_packets=2), capped at 5
+        assert all(len(m.payload) <= db.config.packet_budget_bytes for m in sent)
+        left = db.stats("n")["queue_len"]
+        assert 0 < left < 200
+        db.handle_timer(now=db.next_deadline())
+        assert len(db.messages_to_send()) == 5
+        # a short queue: gossip_packets at most
+        small = self.peered(gossip_packets=2, max_gossip_packets=5, retransmit_mult=1)
+        small.create_entry("t", "n", "only", b"x", now=0.0)
+        small.messages_to_send()
+        small.handle_timer(now=small.next_deadline())
+        assert len(small.messages_to_send()) == 1
