@@ -79,6 +79,7 @@ CONFIG_KEYS = {
     "log_level",
     "gossip",
     "networkdb",
+    "dns",
 }
 PROG = "meshnet-agent"
 
@@ -347,6 +348,10 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, str, str]:
         )
     services: list[Any] = [IpamService(ipam_config)]  # IPAM first: CNM uses it
     services.append(_cnm_service(file, where, args, dataplane, advertise or bind))  # CNM after IPAM
+    from meshnet.runtime.dns_svc import DnsService, dns_config_from_toml  # DNS (issue 6)
+
+    dns_config = dns_config_from_toml(file.get("dns"), where, start_servers=dataplane == "kernel")
+    services.append(DnsService(dns_config))  # DNS after CNM: resolvers for its sandboxes
 
     settings = AgentSettings(
         config=config,

@@ -95,7 +95,14 @@ from meshnet.dns import (
 from meshnet.runtime.dns_server import DEFAULT_LISTEN, ResolverServer
 from meshnet.runtime.service import BaseService
 
-__all__ = ["DnsConfig", "DnsService", "SandboxInfo", "StaticSandboxes", "parse_upstream"]
+__all__ = [
+    "DnsConfig",
+    "DnsService",
+    "SandboxInfo",
+    "StaticSandboxes",
+    "parse_upstream",
+    "dns_config_from_toml",
+]
 
 log = logging.getLogger("meshnet.dns")
 
@@ -151,6 +158,41 @@ class DnsConfig:
                 parse_upstream(u)
         if not self.sandbox_poll_interval > 0 or not self.retry_interval > 0:
             raise ConfigError("dns sandbox_poll_interval and retry_interval must be > 0 seconds")
+
+
+_RESOLVER_KEYS = ("ttl", "vip_ttl", "max_concurrent_forwards", "forward_timeout", "edns_udp_payload")
+
+
+def dns_config_from_toml(table: Any, where: str, *, start_servers: bool) -> DnsConfig:
+    """``DnsConfig`` from the agent config file's ``[dns]`` table (None: defaults); ConfigError naming the
+    key. Keys: ``upstreams`` (list of ``IP[:PORT]``), ``host_resolv_conf``, and the resolver's ``ttl``,
+    ``vip_ttl``, ``max_concurrent_forwards``, ``forward_timeout``, ``edns_udp_payload``."""
+    if table is None:
+        return DnsConfig(start_servers=start_servers)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {where}: [dns] must be a table")
+    resolver: dict[str, Any] = {}
+    kw: dict[str, Any] = {"start_servers": start_servers}
+    for key, value in table.items():
+        if key == "upstreams":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(
+                    f'config file {where}: [dns] upstreams must be a list of "IP[:PORT]" strings'
+                )
+            kw["upstreams"] = tuple(value)
+        elif key == "host_resolv_conf":
+            if not isinstance(value, str):
+                raise ConfigError(f"config file {where}: [dns] host_resolv_conf must be a path string")
+            kw["host_resolv_conf"] = value
+        elif key in _RESOLVER_KEYS:
+            ok = isinstance(value, int | float) if key == "forward_timeout" else isinstance(value, int)
+            if not ok or isinstance(value, bool):
+                raise ConfigError(f"config file {where}: [dns] {key} must be a number")
+            resolver[key] = float(value) if key == "forward_timeout" else value
+        else:
+            known = ", ".join(("upstreams", "host_resolv_conf", *_RESOLVER_KEYS))
+            raise ConfigError(f"config file {where}: unknown [dns] key {key!r}; known: {known}")
+    return DnsConfig(resolver=ResolverConfig(**resolver), **kw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +308,7 @@ class DnsService(BaseService):
             self._nursery = nursery
             task_status.started()
             try:
+                await self._reconcile()  # sandboxes adopted at start are not signalled by the cnm service
                 polling = not hasattr(self._sandbox_source, "add_sandbox_listener")
                 while True:
                     with trio.move_on_after(
