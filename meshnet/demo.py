@@ -1,17 +1,26 @@
-"""A loopback demo of the gossip cluster: ``python -m meshnet.demo [--nodes 3] [--keep]``.
+"""meshnet's demo: ``python -m meshnet.demo`` (what ``scripts/demo`` runs).
 
-Starts N ``meshnet-agent`` processes on 127.0.0.21, 127.0.0.22, ... (``--dataplane none``, API sockets
-and state directories in a temporary directory), waits until every agent sees all N members alive,
-prints ``meshnetctl members`` from the first one, writes a NetworkDB entry on the first agent and lists
-it on the last one once it arrived, then stops them by PID with SIGTERM (they leave gracefully) and removes
-the temporary directory. It cleans up on failure and on Ctrl-C too. With ``--keep`` the agents keep
-running and the demo prints how to talk to them and how to stop them. Nothing leaves loopback.
+Default (root): a three-host cluster in network namespaces (``sim.netns``: an underlay bridge in its own
+namespace, hosts ``h1``..``h3`` each running ``meshnet-agent``), a network ``demo`` with container ``web`` on
+h1 and ``client`` on h2, and ``client`` pinging ``web`` over the VXLAN overlay, by address and, when the
+agents run the DNS service, by name. Then it prints how to explore and leaves the cluster running;
+``--down`` (or ``python -m sim.netns down``) removes it. ``--check`` runs the same non-interactively, checks
+every step and tears everything down (exit 0 only if all of it worked). A failure or Ctrl-C at any point
+tears down what was created. Nothing touches the root namespace's addresses, routes or firewall.
+
+With an agent that has no ``--dataplane kernel`` yet, the hosts run ``--dataplane none`` and the demo shows
+the gossip cluster and a NetworkDB entry crossing the namespaces instead of containers.
+
+``--loopback``: no namespaces and no root: N agents on 127.0.0.21.. (``--dataplane none``) that converge,
+replicate one NetworkDB entry, and are stopped again (``--keep`` leaves them running).
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -26,6 +35,251 @@ from typing import IO, Any
 from meshnet import ctl
 
 __all__ = ["main"]
+
+NETWORK = "demo"
+#: The overlay answers once the endpoint's record reached the other host and both reconciled (about a
+#: second on the local profile); bounded generously for a loaded machine.
+REACH_TIMEOUT = 30.0
+
+
+def _cmd(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def _short(path: str) -> str:
+    """``path`` relative to the current directory when it is below it (``.venv/bin/python``)."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") else path
+
+
+class _Demo:
+    def __init__(self, harness: Any, check: bool) -> None:
+        self.h = harness
+        self.check = check
+        self.py = _short(sys.executable)
+        self.netns_cli = [self.py, "-m", "sim.netns"]
+        if harness.prefix:
+            self.netns_cli += ["--prefix", harness.prefix]
+        if str(harness.run_dir) != "/run/meshnet-netns":
+            self.netns_cli += ["--run-dir", str(harness.run_dir)]
+        self.ctl_bin = _short(str(Path(sys.executable).parent / "meshnetctl"))
+
+    def say(self, text: str = "") -> None:
+        print(text, flush=True)
+
+    def show(self, argv: Sequence[str], shown: Sequence[str] | None = None, *, timeout: float = 60) -> int:
+        """Print ``$ shown`` (default argv), run argv with its output on our stdout; its exit code."""
+        self.say(f"\n$ {_cmd(shown or argv)}")
+        return subprocess.run(list(argv), timeout=timeout, stdin=subprocess.DEVNULL).returncode
+
+    def ctl(self, host: str, *args: str) -> int:
+        api = self.h.api(host)
+        self.say(f"\n$ {self.ctl_bin} --api {api} {_cmd(args)}")
+        try:
+            return ctl.main(["--api", api, *args])
+        except SystemExit as exc:  # argparse: a subcommand this meshnetctl does not have
+            return int(exc.code or 0)
+
+    def in_ns(self, name: str, argv: Sequence[str], *, timeout: float = 60) -> int:
+        return self.show(
+            self.h.exec_argv(name, argv), [*self.netns_cli, "exec", name, "--", *argv], timeout=timeout
+        )
+
+    def run(self, hosts: int) -> None:
+        h = self.h
+        self.say(f"bringing up {hosts} hosts in network namespaces (underlay {h.underlay}, bridge br-under)")
+        h.up(hosts)
+        dataplane = h.state()["dataplane"]
+        self.show([*self.netns_cli, "status"])
+        self.ctl("h1", "members")
+        if dataplane == "kernel":
+            self.containers()
+        else:
+            self.say("\n(this meshnet-agent has no --dataplane kernel yet: the hosts run --dataplane none;")
+            self.say(" showing a NetworkDB entry crossing the namespaces instead of containers)")
+            self.networkdb()
+
+    def containers(self) -> None:
+        h = self.h
+        last = "h2"  # containers on two different hosts
+        self.say(f"\n$ {_cmd([*self.netns_cli, 'container', 'web', '--host', 'h1', '--network', NETWORK])}")
+        web = h.container("web", host="h1", network=NETWORK, aliases=["www"])
+        self.say(f"web on h1: {web['ip']} (namespace {web['netns']})")
+        self.say(
+            f"\n$ {_cmd([*self.netns_cli, 'container', 'client', '--host', last, '--network', NETWORK])}"
+        )
+        client = h.container("client", host=last, network=NETWORK)
+        self.say(f"client on {last}: {client['ip']} (namespace {client['netns']})")
+        self.ctl(last, "network", "ls")
+        # The first packets may go out before the agents programmed each other's entries: wait quietly
+        # (bounded), then show a real ping.
+        self._wait_reach("client", web["ip"])
+        if self.in_ns("client", ["ping", "-c", "3", "-i", "0.2", "-W", "2", web["ip"]]) != 0:
+            raise RuntimeError(f"client cannot ping web at {web['ip']} over the overlay")
+        if self._dns_running(last):
+            self._wait_reach("client", "web")
+            if self.in_ns("client", ["ping", "-c", "3", "-i", "0.2", "-W", "2", "web"]) != 0:
+                raise RuntimeError("client cannot ping web by name")
+        else:
+            self.say("\n(the agents run no DNS service yet: names come with it; pinging by address only)")
+
+    def _wait_reach(self, name: str, target: str) -> None:
+        def answers() -> bool:
+            return self.h.exec(name, ["ping", "-c", "1", "-W", "1", target], timeout=10).returncode == 0
+
+        from sim.netns import wait_until
+
+        wait_until(answers, REACH_TIMEOUT, f"{target} to answer {name}'s ping", interval=0.2)
+
+    def _dns_running(self, host: str) -> bool:
+        try:
+            info = self.h.call(host, "GET", "/v1/agent", timeout=10)
+        except (ctl.AgentUnreachable, ctl.AgentError):
+            return False
+        return "dns" in (info.get("services") or {})
+
+    def networkdb(self) -> None:
+        h = self.h
+        last = h.host_names()[-1]
+        if self.ctl("h1", "db", "put", "-", "demo", "greeting", "hello from h1") != 0:
+            raise RuntimeError("meshnetctl db put failed")
+
+        def arrived() -> bool:
+            try:
+                h.call(last, "GET", "/v1/db/-/demo/greeting", timeout=5)
+            except (ctl.AgentUnreachable, ctl.AgentError):
+                return False
+            return True
+
+        from sim.netns import wait_until
+
+        wait_until(arrived, REACH_TIMEOUT, f"the entry to reach {last}")
+        self.ctl(last, "db", "ls", "-", "demo")
+
+    def explore(self) -> None:
+        n = _cmd(self.netns_cli)
+        api = self.h.api("h1")
+        lines = [
+            "",
+            "The cluster keeps running. Explore it:",
+            f"  {n} status                                   hosts, agents, containers, namespaces",
+            f"  {n} exec client -- ping web                  (or: ip addr, ip route, ...)",
+            f"  {n} container db --host h3 --network {NETWORK}    another container",
+            f"  {n} exec h1 -- ip -n h1-ov-<vni> ...          a host's namespace (h1..), or mnu (underlay)",
+            f"  {self.ctl_bin} --api {api} members           (or: network ls, endpoint ls, db networks)",
+            f"  {n} ctl h2 -- network inspect {NETWORK}",
+            f"  agent logs: {self.h.run_dir}/h1.log ...",
+            "Tear it down:",
+            f"  scripts/demo --down      (or: {n} down)",
+        ]
+        self.say("\n".join(lines))
+
+
+def _netns_main(args: argparse.Namespace) -> int:
+    from sim.netns import Harness, HarnessError
+
+    if os.geteuid() != 0:
+        print(
+            "the demo creates network namespaces and needs root (sudo scripts/demo), or use --loopback",
+            file=sys.stderr,
+        )
+        return 1
+    harness = Harness(
+        prefix=args.prefix,
+        run_dir=args.run_dir,
+        dataplane=args.dataplane,
+        log=lambda msg: print(msg, flush=True),
+    )
+    if args.down:
+        report = harness.down()
+        print(
+            f"removed {len(report['netns'])} namespaces, stopped {len(report['stopped']) + len(report['killed'])} processes"
+        )
+        return 0
+    demo = _Demo(harness, args.check)
+    ok = False
+    try:
+        demo.run(args.hosts)
+        ok = True
+    except KeyboardInterrupt:
+        print("\ninterrupted: tearing down", file=sys.stderr, flush=True)
+        return 130
+    except (
+        HarnessError,
+        RuntimeError,
+        OSError,
+        ctl.AgentError,
+        ctl.AgentUnreachable,
+        subprocess.SubprocessError,
+    ) as exc:
+        print(f"demo failed: {exc}", file=sys.stderr, flush=True)
+        if harness.state().get("hosts"):
+            print(harness.describe_failure(), file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if not ok or args.check:
+            _down_quietly(harness)
+    if not args.check:
+        demo.explore()
+    else:
+        print("demo check passed; everything removed")
+    return 0
+
+
+def _down_quietly(harness: Any) -> None:
+    # A second Ctrl-C during the teardown must not leave namespaces or agents behind.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        report = harness.down()
+        print(
+            f"torn down: {len(report['netns'])} namespaces deleted, "
+            f"{len(report['stopped']) + len(report['killed'])} processes stopped",
+            flush=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m meshnet.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--hosts", type=int, default=3, help="host namespaces (2..50, default 3)")
+    parser.add_argument(
+        "--check", action="store_true", help="non-interactive: check every step, then tear down"
+    )
+    parser.add_argument("--down", action="store_true", help="tear down a demo left running")
+    parser.add_argument(
+        "--dataplane",
+        choices=("auto", "kernel", "none"),
+        default="auto",
+        help="the agents' dataplane (auto: kernel when the agent has it)",
+    )
+    parser.add_argument("--prefix", default="", help="namespace name prefix (a second, separate demo)")
+    parser.add_argument("--run-dir", default="/run/meshnet-netns", help="harness run directory")
+    parser.add_argument("--loopback", action="store_true", help="the loopback gossip demo (no root)")
+    parser.add_argument("--nodes", type=int, default=3, help="--loopback: number of agents (1..200)")
+    parser.add_argument("--base-ip", default="127.0.0.21", help="--loopback: first address")
+    parser.add_argument("--port", type=int, default=7946, help="--loopback: gossip port")
+    parser.add_argument(
+        "--profile", default="local", choices=("local", "lan", "wan"), help="--loopback: timing"
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="--loopback: convergence wait")
+    parser.add_argument("--keep", action="store_true", help="--loopback: leave the agents running")
+    args = parser.parse_args(argv)
+    if args.loopback:
+        return _loopback_main(parser, args)
+    if not 2 <= args.hosts <= 50:
+        parser.error("--hosts must be 2..50")
+    return _netns_main(args)
+
+
+# ------------------------------------------------------------------------------- the loopback demo
 
 STOP_TIMEOUT = 10.0
 
@@ -140,15 +394,7 @@ def _log_tail(agent: Agent, lines: int = 15) -> str:
     return "\n".join(f"  {line}" for line in text)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m meshnet.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, default=3, help="number of agents (1..200, default 3)")
-    parser.add_argument("--base-ip", default="127.0.0.21", help="first loopback address (default 127.0.0.21)")
-    parser.add_argument("--port", type=int, default=7946, help="gossip port on every address (default 7946)")
-    parser.add_argument("--profile", default="local", choices=("local", "lan", "wan"), help="gossip timing")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for convergence")
-    parser.add_argument("--keep", action="store_true", help="leave the agents running")
-    args = parser.parse_args(argv)
+def _loopback_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     base = ipaddress.ip_address(args.base_ip)
     if not 1 <= args.nodes <= 200:
         parser.error("--nodes must be 1..200")
