@@ -481,20 +481,28 @@ class Controller:
         return str(gw)
 
     def delete_network(self, ref: str) -> Operation:
-        """``DELETE /v1/networks/{id|name}``: ``InUse`` while this host sees endpoints on it (IPAM refuses
-        too while addresses are held anywhere). Result: the deleted record."""
+        """``DELETE /v1/networks/{id|name}``: ``InUse`` while endpoints exist. The host joins the network's
+        NetworkDB network first to see every host's endpoints, checks again, deletes the record, then
+        IPAM (which refuses too while addresses are held), then leaves. Result: the deleted record."""
         net = self.network(ref)
+        self._check_unused(net)
+        steps = [
+            Step("attach_network", AttachNetwork(net.id), (self._detach_if_unused(net.id),)),
+            Step("check_unused", Local(f"network {net.name} unused", lambda: self._check_unused(net))),
+            Step("delete_network", DeleteNetwork(net.id), (PutNetwork(net),)),
+            Step("ipam_delete", IpamDeleteNetwork(net.id)),
+            Step("detach_network", self._detach_if_unused(net.id), best_effort=True),
+        ]
+        return self._op("network_delete", steps, lambda ctx: net)
+
+    def _check_unused(self, net: NetworkRecord) -> None:
         eps = self.endpoints(net.id)
         if eps:
             hosts = sorted({ep.host for ep in eps})
             raise InUse(
-                f"network {net.name} ({net.id}) still has {len(eps)} endpoint(s) on {', '.join(hosts)}; delete them first"
+                f"network {net.name} ({net.id}) still has {len(eps)} endpoint(s) on {', '.join(hosts)}; "
+                "delete them first"
             )
-        steps = [
-            Step("ipam_delete", IpamDeleteNetwork(net.id)),
-            Step("delete_network", DeleteNetwork(net.id), (PutNetwork(net),)),
-        ]
-        return self._op("network_delete", steps, lambda ctx: net)
 
     # --- endpoints ------------------------------------------------------------------------------
 
@@ -656,7 +664,7 @@ class Controller:
                     (realloc(ep.ipv6, True),),
                 )
             )
-        steps.append(Step(f"{label}detach_network", self._detach_if_unused(ep.network)))
+        steps.append(Step(f"{label}detach_network", self._detach_if_unused(ep.network), best_effort=True))
         return steps
 
     def delete_endpoint(self, ref: str, *, network: str | None = None) -> Operation:

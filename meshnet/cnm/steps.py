@@ -29,6 +29,9 @@ Rules:
   are reached, so they see the state as already reverted. An undo that fails is recorded in
   ``undo_errors`` and the rollback goes on: the runtime logs them; the slow reconcile repairs the
   dataplane.
+- A ``best_effort`` step (cleanup after the point of no return, e.g. leaving a NetworkDB network after
+  the last endpoint is gone) does not roll anything back when it fails: the failure is kept in
+  ``warnings`` and the run goes on.
 - ``Local`` actions (the controller's own state, and checks) run inside ``next()``; the runtime never
   sees them. Results of the executed ``Put*``/``Delete*`` actions are mirrored into the controller's
   tables at once (the NetworkDB watch later replays the same values, a no-op).
@@ -205,6 +208,8 @@ class Step:
     name: str
     do: ActionLike
     undo: tuple[ActionLike, ...] = ()
+    #: A failure is noted in ``Run.warnings`` instead of rolling back (module docstring).
+    best_effort: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +244,8 @@ class Run:
         self.ctx: dict[str, Any] = {}
         self.error: BaseException | None = None
         self.undo_errors: list[tuple[Action, BaseException]] = []
+        #: Failures of best-effort steps (the operation still succeeded).
+        self.warnings: list[tuple[Action, BaseException]] = []
         self.result: Any = None
         self.finished = False
         #: Names of the steps completed (in order), for tests and logs.
@@ -283,10 +290,8 @@ class Run:
                 try:
                     value = action.fn()
                 except Exception as exc:
-                    if self.error is None:
-                        self._fail(exc)
-                    else:
-                        self.undo_errors.append((action, exc))
+                    self._pending = action
+                    self.failed(exc)
                     continue
                 self._complete(value)
                 continue
@@ -303,10 +308,13 @@ class Run:
     def failed(self, error: BaseException) -> None:
         """The action ``next`` returned failed: roll back (or, while rolling back, note and go on)."""
         action = self._take()
-        if self.error is None:
-            self._fail(error)
-        else:
+        if self.error is not None:
             self.undo_errors.append((action, error))
+        elif self.op.steps[self._index].best_effort:
+            self.warnings.append((action, error))
+            self._complete(None)
+        else:
+            self._fail(error)
 
     # --- internals ------------------------------------------------------------------------------
 

@@ -140,6 +140,7 @@ class World:
             return None
         if isinstance(action, DetachNetwork):
             self.joined.discard(action.network)
+            self.ctl.forget_network(action.network)  # NetworkDB drops the network's entries
             return None
         if isinstance(action, AllocateAddress):
             return self.ipam.allocate(action)
