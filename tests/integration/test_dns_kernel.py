@@ -293,13 +293,20 @@ async def test_names_of_containers_on_another_host_resolve_and_scope_holds(lab):
 
 async def test_services_tasks_srv_through_the_api(lab):
     ns = lab.ns_client
-    status, body = await api_request(
-        lab.api("h2"),
-        "POST",
-        "/v1/services",
-        {"name": "api", "network": "frontend", "endpoints": ["api1", "e-api2"], "ports": ["http:8080/tcp"]},
-    )
-    assert status == 201, body
+    ctl = [os.path.join(os.path.dirname(sys.executable), "meshnetctl"), "--api", lab.api("h2")]
+    create = [
+        "service",
+        "create",
+        "api",
+        "--network",
+        "frontend",
+        "--endpoint",
+        "api1",
+        "--endpoint",
+        "e-api2",
+    ]
+    res = await trio.run_process([*ctl, *create, "--port", "http:8080/tcp"], capture_stdout=True, check=False)
+    assert res.returncode == 0, res
     # api1 lives on h1: h1 writes its task entry after seeing the spec; wait for both tasks
     want = ["api A 10.0.1.5", "api A 10.0.1.6"]
     with trio.fail_after(10):
@@ -319,6 +326,10 @@ async def test_services_tasks_srv_through_the_api(lab):
     assert {t["host"] for t in svc["tasks"]} == {"h1", "h2"}
     status, _ = await api_request(lab.api("h1"), "POST", "/v1/services", {"name": "api", "network": FRONT})
     assert status == 409
+    res = await trio.run_process([*ctl, "service", "ls"], capture_stdout=True, check=False)
+    assert res.returncode == 0 and b"api1@h1,api2@h2" in res.stdout and b"http:8080/tcp" in res.stdout, res
+    res = await trio.run_process([*ctl, "dns"], capture_stdout=True, check=False)
+    assert res.returncode == 0 and b"127.0.0.11:53" in res.stdout and b"frontend" in res.stdout, res
     status, _ = await api_request(lab.api("h1"), "DELETE", "/v1/services/api")
     assert status == 200
     await wait_for_answer(ns, "api", "NXDOMAIN")

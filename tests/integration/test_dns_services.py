@@ -1,0 +1,119 @@
+"""The ``service_table`` between real agents (no root, loopback, no resolver sockets): who owns what.
+
+Two in-process agents with ``DnsService(start_servers=False)``; the cnm service's endpoint records are
+written by hand by each endpoint's own host. The names are read from each agent's ``NameTable`` (the
+same table its resolvers answer from; the kernel tests ask them with dig). Bounds: FAST gossip detects a
+killed node in about 2 s (tests/shell/ndb_helpers.py); waits allow 15 s.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import trio
+
+from meshnet.cnm.records import (
+    TABLE_ENDPOINTS,
+    TABLE_NETWORKS,
+    EndpointRecord,
+    NetworkRecord,
+    SubnetRecord,
+    encode_endpoint,
+    encode_network,
+    mac_from_ip,
+)
+from meshnet.cnm.service_records import TABLE_SERVICES
+from meshnet.runtime import Node
+from meshnet.runtime.db import DbSettings
+from meshnet.runtime.dns_svc import DnsConfig, DnsService
+from tests.shell.ndb_helpers import FAST, NDB, api_request
+
+NET = "a" * 24
+
+
+async def _agents(nursery: trio.Nursery, tmp: Any, names: list[str]) -> dict[str, tuple[Node, DnsService]]:
+    out: dict[str, tuple[Node, DnsService]] = {}
+    seeds: list[Any] = []
+    for i, name in enumerate(names, start=1):
+        svc = DnsService(DnsConfig(start_servers=False, upstreams=()), rng=random.Random(i))
+        node = Node(
+            FAST,
+            name=name,
+            bind=(f"127.66.1.{i}", 0),
+            seeds=seeds,
+            networkdb=DbSettings(config=NDB),
+            services=[svc],
+        )
+        api = str(tmp / f"{name}.sock")
+        scope = trio.CancelScope()
+
+        async def run(task_status, n=node, a=api, s=scope):
+            with s:
+                await n.run(api_path=a, task_status=task_status)
+
+        await nursery.start(run)
+        node.scope = scope  # type: ignore[attr-defined]
+        seeds = [node.bound_addr]
+        node.db_input(lambda now, n=node: n.db.core.join_network(NET, now=now))
+        out[name] = (node, svc)
+    return out
+
+
+def _endpoint(node: Node, eid: str, name: str, ip: str, **kw: Any) -> None:
+    rec = EndpointRecord(
+        id=eid, name=name, network=NET, host=node.name, vtep="10.77.0.1", mac=mac_from_ip(ip), ipv4=ip, **kw
+    )
+    node.db_input(
+        lambda now: node.db.core.put_entry(TABLE_ENDPOINTS, NET, eid, encode_endpoint(rec), now=now)
+    )
+
+
+def _addrs(svc: DnsService, name: str) -> list[str]:
+    return sorted(str(a) for a in svc.table.addresses(name, (NET,)))
+
+
+async def _until(cond, what: str, timeout: float = 15.0) -> None:
+    with trio.move_on_after(timeout):
+        while not cond():
+            await trio.sleep(0.05)
+        return
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_failed_task_host_hides_its_tasks_not_the_service(nursery, tmp_path):
+    agents = await _agents(nursery, tmp_path, ["h1", "h2", "h3"])
+    (h1, d1), (h2, _d2), (h3, d3) = agents["h1"], agents["h2"], agents["h3"]
+    rec = NetworkRecord(NET, "frontend", 4097, (SubnetRecord("10.0.1.0/24", "10.0.1.1"),), creator="h1")
+    h1.db_input(lambda now: h1.db.core.put_entry(TABLE_NETWORKS, "", NET, encode_network(rec), now=now))
+    _endpoint(h1, "e1", "api1", "10.0.1.5")
+    _endpoint(h2, "e2", "api2", "10.0.1.6", service="api")  # a task by its record's service field
+    _endpoint(h3, "e3", "client", "10.0.1.9")
+    await _until(lambda: "frontend" in {n.name for n in d1._networks.values()}, "the network on h1")
+    # the service is created on h1 (which then owns the svc: entry); tasks api1 (by name) and api2
+    status, body = await api_request(
+        str(tmp_path / "h1.sock"),
+        "POST",
+        "/v1/services",
+        {"name": "api", "network": "frontend", "endpoints": ["api1"]},
+    )
+    assert status == 201, body
+    await _until(lambda: _addrs(d3, "api") == ["10.0.1.5", "10.0.1.6"], "both tasks on h3")
+    owners = {e.key: e.owner for e in h3.db.core.walk_table(TABLE_SERVICES, NET)}
+    sid = body["id"]
+    assert owners == {f"svc:{sid}": "h1", f"task:{sid}:e1": "h1", f"task:{sid}:e2": "h2"}
+
+    # h2 crashes: its task is hidden on h3, the service stays with the other task
+    h2.scope.cancel()
+    await _until(lambda: _addrs(d3, "api") == ["10.0.1.5"], "h2's task hidden on h3")
+    assert _addrs(d3, "tasks.api") == ["10.0.1.5"]
+    # h1 (the creator, owner of svc: and of the last task) crashes too: no task left, but the service
+    # itself survives (its hidden spec entry): it is still listed, and the name is an empty answer.
+    h1.scope.cancel()
+    await _until(lambda: _addrs(d3, "api") == [], "h1's task hidden on h3")
+    status, listing = await api_request(str(tmp_path / "h3.sock"), "GET", "/v1/services")
+    assert [(s["name"], s["tasks"]) for s in listing["services"]] == [("api", [])]
+    from meshnet.dns import Status
+    from meshnet.dns.names import A
+
+    assert d3.table.resolve("api", A, (NET,)).status is Status.NODATA  # the name exists: no NXDOMAIN
