@@ -673,6 +673,8 @@ class IpamService(BaseService):
                     raise ApiError(405, "method_not_allowed", "/v1/ipam accepts GET")
                 query = {k: v[-1] for k, v in parse_qs(urlsplit(request.target).query).items()}
                 network = query.get("network")
+                if network == "-":
+                    network = ""  # the global spaces (vni, pool), as meshnetctl spells them
                 rows = [_block_json(b) for b in self.core.listing(network)]
                 return Response(200, {"node": self.core.name, "blocks": rows})
             if method != "POST" and path != "/v1/ipam/networks" and not path.startswith("/v1/ipam/networks/"):

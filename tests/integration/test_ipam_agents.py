@@ -1,0 +1,359 @@
+"""Manager-free IPAM across real ``meshnet-agent`` processes on loopback (``--dataplane none``).
+
+- five agents allocate 1,000 addresses concurrently from one /22: no address twice, every block
+  believed by at most one agent (each agent's ``ipam ls``), and the believers' free counts add up;
+- a SIGSTOPped owner blocks nobody who owns free space, and an allocation that needs its space fails
+  with ``unreachable`` (naming it and the reclaim command) within the allocation budget, not a hang;
+  after SIGCONT the same allocation succeeds;
+- an agent SIGKILLed and restarted with its state directory believes its blocks again at once;
+  ``meshnetctl ipam reclaim`` of a SIGKILLed agent gives its blocks to the reclaimer, for everyone.
+
+Processes are started here, stopped by PID at teardown (SIGCONT first for a stopped one) and die with
+pytest (PR_SET_PDEATHSIG); the work directory is removed at teardown. Deadlines: the local profile
+detects a failure in a few seconds (30 s bound, as test_networkdb_agents.py); an IPAM allocation ends
+within ``allocation_budget`` (10 s), a reclaim within ``reclaim_budget`` (30 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from meshnet import ctl
+
+BIN = Path(sys.executable).parent
+AGENT = str(BIN / "meshnet-agent")
+CTL = str(BIN / "meshnetctl")
+DETECT_TIMEOUT = 30.0
+SPREAD_TIMEOUT = 20.0
+#: IpamConfig.allocation_budget: an allocation never takes longer (plus scheduling slack).
+ALLOCATION_BUDGET = 10.0
+
+pytestmark = pytest.mark.hang_guard(300)
+
+
+def _die_with_parent() -> None:  # in the child, between fork and exec
+    with contextlib.suppress(OSError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Agent:
+    name: str
+    ip: str
+    port: int
+    api: Path
+    state: Path
+    log: Path
+    proc: subprocess.Popen
+    stopped: bool = False
+
+    def call(self, method: str, target: str, body=None, timeout: float = 30.0):
+        return ctl.call(str(self.api), method, target, body=body, timeout=timeout)
+
+    def get(self, target: str):
+        try:
+            return self.call("GET", target)
+        except (ctl.AgentError, ctl.AgentUnreachable):
+            return None
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [CTL, "--api", str(self.api), *args], capture_output=True, text=True, timeout=timeout
+        )
+
+    def allocate(self, network: str, tag: str, preferred: str | None = None) -> dict:
+        body = {"network": network, "tag": tag}
+        if preferred is not None:
+            body["preferred"] = preferred
+        return self.call("POST", "/v1/ipam/allocate", body)
+
+    def blocks(self, network: str) -> list[dict]:
+        return self.call("GET", f"/v1/ipam?network={network}")["blocks"]
+
+    def alive(self) -> set[str]:
+        return {n for n, state in self.states().items() if state == "alive"}
+
+    def states(self) -> dict[str, str]:
+        body = self.get("/v1/members")
+        return {} if body is None else {m["name"]: m["state"] for m in body["members"]}
+
+
+class Pool:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.history: list[Agent] = []
+
+    def start(self, name: str, ip: str, *, port: int = 0, join: Agent | None = None) -> Agent:
+        api = self.workdir / f"{name}.sock"
+        state = self.workdir / f"{name}.state"
+        log = self.workdir / f"{name}.{len(self.history)}.log"
+        argv = [AGENT, "run", "--name", name, "--bind", f"{ip}:{port}", "--api", str(api)]
+        argv += ["--state-dir", str(state), "--dataplane", "none", "--profile", "local"]
+        if join is not None:
+            argv += ["--join", f"{join.ip}:{join.port}"]
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        agent = Agent(name, ip, port, api, state, log, proc)
+        self.history.append(agent)
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited with {proc.returncode}\n{self.describe()}")
+            info = agent.get("/v1/agent")
+            if info is None:
+                return False
+            agent.port = info["port"]
+            return True
+
+        wait_until(up, 20, f"{name}'s API", self.describe)
+        return agent
+
+    def describe(self) -> str:
+        out = []
+        for a in self.history:
+            text = a.log.read_text(errors="replace") if a.log.exists() else ""
+            out.append(f"----- {a.name} (pid {a.proc.pid}, rc {a.proc.poll()})\n{text[-3000:]}")
+        return "\n".join(out)
+
+    def kill(self, agent: Agent) -> None:
+        agent.proc.kill()
+        agent.proc.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for agent in reversed(self.history):
+            if agent.proc.poll() is not None:
+                continue
+            if agent.stopped:
+                agent.proc.send_signal(signal.SIGCONT)
+            agent.proc.send_signal(signal.SIGTERM)
+            try:
+                agent.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                agent.proc.kill()
+                agent.proc.wait()
+
+
+def wait_until(
+    pred: Callable[[], bool], timeout: float, what: str, describe: Callable[[], str] = str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{describe()}")
+
+
+@pytest.fixture
+def pool() -> Iterator[Pool]:
+    workdir = Path(tempfile.mkdtemp(prefix="meshnet-ipam-it-"))
+    p = Pool(workdir)
+    try:
+        yield p
+    finally:
+        try:
+            p.stop_all()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def start_cluster(pool: Pool, base: str, n: int, network: str, subnet: str) -> list[Agent]:
+    """``n`` agents on BASE.1..n; the first creates ``network`` with ``subnet``, the others attach."""
+    first = pool.start("i1", f"{base}.1")
+    agents = [first] + [pool.start(f"i{i}", f"{base}.{i}", join=first) for i in range(2, n + 1)]
+    names = {a.name for a in agents}
+    wait_until(lambda: all(a.alive() == names for a in agents), SPREAD_TIMEOUT, "all alive", pool.describe)
+    created = first.call("POST", "/v1/ipam/networks", {"id": network, "subnets": [subnet]})
+    assert created["subnets"][0]["subnet"] == subnet and created["creator"] == "i1"
+    for a in agents[1:]:
+        wait_until(
+            lambda a=a: a.get(f"/v1/ipam/networks/{network}") is not None,
+            SPREAD_TIMEOUT,
+            f"{a.name} to learn {network}",
+            pool.describe,
+        )
+        out = a.call("POST", "/v1/ipam/attach", {"network": network})
+        assert out["netcfg"]["vni"] == created["vni"]
+    return agents
+
+
+def believed(agent: Agent, network: str) -> dict[int, int]:
+    """Blocks ``agent`` believes (its own rows, owner_state ``self``) -> free."""
+    return {b["block"]: b["free"] for b in agent.blocks(network) if b["owner_state"] == "self"}
+
+
+def test_five_agents_allocate_a_thousand_addresses_concurrently_without_duplicates(pool: Pool):
+    net, subnet = "c0ffee000000000000000022", "10.22.0.0/22"
+    agents = start_cluster(pool, "127.0.14", 5, net, subnet)
+    per_agent, workers = 200, 4
+
+    def run(agent: Agent, i: int) -> tuple[str, str, str]:
+        tag = f"{agent.name}-ep{i}"
+        for _ in range(3):  # an `unknown` while a grant is in flight is retryable
+            try:
+                out = agent.allocate(net, tag)
+                return agent.name, tag, out["address"]
+            except ctl.AgentError as exc:
+                if exc.code != "unknown":
+                    raise
+                time.sleep(0.5)
+        raise AssertionError(f"{tag}: still unknown")
+
+    with ThreadPoolExecutor(max_workers=len(agents) * workers) as ex:
+        futures = [ex.submit(run, a, i) for i in range(per_agent) for a in agents]
+        results = [f.result(timeout=120) for f in futures]
+    addresses = [addr for _, _, addr in results]
+    assert len(results) == 1000
+    dupes = {a for a in addresses if addresses.count(a) > 1}
+    assert not dupes, f"duplicates: {sorted(dupes)[:10]}"
+    net_ = ipaddress.ip_network(subnet)
+    assert all(ipaddress.ip_address(a) in net_ for a in addresses)
+    reserved = {str(net_.network_address), str(net_.broadcast_address), str(net_.network_address + 1)}
+    assert not reserved & set(addresses)
+    # Idempotent per tag: asking again for a tag returns its address.
+    name, tag, addr = results[7]
+    again = next(a for a in agents if a.name == name).allocate(net, tag)
+    assert again["address"] == addr
+
+    # Every agent's own view: each block believed by at most one agent; believers' free counts add up
+    # to what is left (1,021 pickable addresses in a /22 minus 1,000).
+    def settled() -> bool:
+        views = {a.name: believed(a, net) for a in agents}
+        owners: dict[int, list[str]] = {}
+        for name, blocks in views.items():
+            for k in blocks:
+                owners.setdefault(k, []).append(name)
+        assert all(len(v) == 1 for v in owners.values()), f"blocks believed twice: {owners}"
+        return len(owners) == 64 and sum(sum(b.values()) for b in views.values()) == 1021 - 1000
+
+    wait_until(settled, SPREAD_TIMEOUT, "64 blocks with one believer each and 21 free", pool.describe)
+    # Every agent lists all 64 blocks, with owners that are cluster members.
+    for a in agents:
+        rows = a.blocks(net)
+        assert len(rows) == 64 and {r["owner"] for r in rows} <= {x.name for x in agents}
+    # The CLI shows the same, as a table and as JSON.
+    out = agents[2].ctl("ipam", "ls", net)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].split()[:4] == ["NETWORK", "SPACE", "BLOCKS", "RANGE"]
+    rows = json.loads(agents[2].ctl("ipam", "ls", net, "--json").stdout)["blocks"]
+    assert len(rows) == 64
+
+
+def test_a_frozen_owner_blocks_nobody_with_free_space_and_its_space_is_unreachable(pool: Pool):
+    net, subnet = "c0ffee000000000000000024", "10.24.0.0/24"
+    a, b, c = start_cluster(pool, "127.0.14", 3, net, subnet)
+    wait_until(
+        lambda: believed(b, net) and believed(c, net), SPREAD_TIMEOUT, "b and c own a block", pool.describe
+    )
+    a_block = max(believed(a, net))  # a free block a (the creator) still believes
+    rows = {r["block"]: r for r in c.blocks(net)}
+    target = str(ipaddress.ip_address(rows[a_block]["first"]) + 3)
+
+    a.proc.send_signal(signal.SIGSTOP)
+    a.stopped = True
+    wait_until(
+        lambda: b.states().get("i1") == c.states().get("i1") == "dead",
+        DETECT_TIMEOUT,
+        "a failed",
+        pool.describe,
+    )
+    # b and c own free space: they allocate without a.
+    t0 = time.monotonic()
+    got = b.allocate(net, "b-ep1")
+    assert got["owner"] == "i2"
+    assert c.allocate(net, "c-ep1")["owner"] == "i3"
+    assert time.monotonic() - t0 < ALLOCATION_BUDGET
+    # An address in a's block needs a: a typed error in bounded time, not a hang.
+    t0 = time.monotonic()
+    with pytest.raises(ctl.AgentError) as err:
+        c.allocate(net, "c-static", preferred=target)
+    elapsed = time.monotonic() - t0
+    assert err.value.status == 503 and err.value.code == "unreachable", err.value
+    assert "i1" in err.value.message and "meshnetctl ipam reclaim i1" in err.value.message
+    assert elapsed < ALLOCATION_BUDGET + 5.0, elapsed
+    # The CLI shows a's blocks as failed.
+    table = c.ctl("ipam", "ls", net).stdout
+    assert any(line.split()[4:6] == ["i1", "failed"] for line in table.splitlines()[1:]), table
+
+    a.proc.send_signal(signal.SIGCONT)
+    a.stopped = False
+    wait_until(lambda: c.alive() == {"i1", "i2", "i3"}, DETECT_TIMEOUT, "a alive again", pool.describe)
+    got = c.allocate(net, "c-static", preferred=target)
+    assert got["address"] == target and got["owner"] == "i1"
+
+
+def test_restart_with_state_resumes_at_once_and_reclaim_frees_a_killed_agents_space(pool: Pool):
+    net, subnet = "c0ffee000000000000000026", "10.26.0.0/24"
+    a, b, c = start_cluster(pool, "127.0.14", 3, net, subnet)
+    wait_until(
+        lambda: believed(b, net) and believed(c, net), SPREAD_TIMEOUT, "b and c own a block", pool.describe
+    )
+    c_addr = c.allocate(net, "c-ep1")["address"]
+    c_blocks = believed(c, net)
+
+    # SIGKILL c and restart it with its state directory: its blocks are believed at once, before any
+    # peer answered, and its allocation is still its own.
+    pool.kill(c)
+    c2 = pool.start("i3", c.ip, port=c.port, join=a)
+    assert believed(c2, net) == c_blocks
+    assert c2.allocate(net, "c-ep1")["address"] == c_addr
+    assert c2.allocate(net, "c-ep2")["owner"] == "i3"
+
+    # SIGKILL b: its blocks stay locked (failed owner) until an operator reclaims them.
+    b_blocks = believed(b, net)
+    assert b_blocks
+    pool.kill(b)
+    wait_until(
+        lambda: a.states().get("i2") == c2.states().get("i2") == "dead",
+        DETECT_TIMEOUT,
+        "b failed",
+        pool.describe,
+    )
+    rows = {r["block"]: r for r in c2.blocks(net)}
+    assert all(rows[k]["owner"] == "i2" and rows[k]["owner_state"] == "failed" for k in b_blocks), json.dumps(
+        [rows[k] for k in b_blocks]
+    )
+    target = str(ipaddress.ip_address(rows[min(b_blocks)]["first"]) + 2)
+    with pytest.raises(ctl.AgentError) as err:
+        c2.allocate(net, "c-in-b", preferred=target)
+    assert err.value.code == "unreachable"
+
+    out = a.ctl("ipam", "reclaim", "i2")
+    assert out.returncode == 0, out.stdout + out.stderr + pool.describe()
+    won = re.match(r"reclaimed (\d+) blocks of i2", out.stdout)
+    # b's block of this network, plus the VNI block every joiner takes (ipam.md 3.12).
+    assert won and int(won.group(1)) >= len(b_blocks), out.stdout
+    assert set(b_blocks) <= set(believed(a, net))
+
+    def others_see_a() -> bool:
+        rows = {r["block"]: r for r in c2.blocks(net)}
+        return all(rows[k]["owner"] == "i1" for k in b_blocks)
+
+    wait_until(others_see_a, SPREAD_TIMEOUT, "c to see a own b's blocks", pool.describe)
+    got = c2.allocate(net, "c-in-b", preferred=target)
+    assert got["address"] == target and got["owner"] == "i1"
+    # A reclaim of a live node is refused (exit 1).
+    refused = a.ctl("ipam", "reclaim", "i3")
+    assert refused.returncode == 1 and "reclaim_refused" in refused.stderr, refused.stderr
