@@ -191,7 +191,7 @@ def run_agent(*args: str, timeout: float = 15) -> subprocess.CompletedProcess:
         (["run", "--bind", "nonsense"], "IP:PORT"),
         (["run", "--bind", "127.0.0.57:99999"], "port"),
         (["run", "--name", "x"], "--bind"),
-        (["run", "--bind", "127.0.0.57:0", "--dataplane", "kernel"], "--dataplane none"),
+        (["run", "--bind", "127.0.0.57:0", "--dataplane", "bogus"], "invalid choice"),
         (["run", "--bind", "127.0.0.57:0", "--tag", "novalue"], "KEY=VALUE"),
         (["run", "--bind", "127.0.0.57:0", "--join", "host.example:7946"], "IP:PORT"),
         (["run", "--bind", "0.0.0.0:0"], "--advertise"),
