@@ -7,8 +7,10 @@ Theory of operation (docs/agent-services.md section 6 is the contract):
   peer ``u-hI`` is created *inside* the underlay namespace and enslaved to the bridge, ``lo`` up. The pair is
   created in the underlay namespace with its peer moved straight into the host namespace, so no link, address,
   route or firewall rule ever exists in the root namespace. One agent per host, started as
-  ``ip netns exec {prefix}hI meshnet-agent run ...`` (``ip netns exec`` execs, so the PID we record is the
-  agent's), logging to ``RUN/hI.log``, API on ``RUN/hI.sock``, state in ``RUN/hI.state``.
+  ``nsenter --net=/run/netns/{prefix}hI meshnet-agent run ...`` (nsenter execs, so the PID we record is the
+  agent's; unlike ``ip netns exec`` it keeps the machine's mount namespace, so the namespaces the agent
+  creates are visible to everyone), logging to ``RUN/hI.log``, API on ``RUN/hI.sock``, state in
+  ``RUN/hI.state``.
 - Bookkeeping is ``RUN/harness.json``, rewritten atomically after every step (namespace created, agent
   started with its PID and kernel start time, network created, container attached), under ``RUN/harness.lock``
   so concurrent command-line calls do not lose each other's records. A crash at any point leaves a file that
@@ -343,9 +345,16 @@ class Harness:
             argv += ["--join", f"{host_addr(1)}:{GOSSIP_PORT}"]
         return argv + self.extra_args
 
+    def enter_argv(self, host: str) -> list[str]:
+        """How an agent enters its host namespace: ``nsenter --net=/run/netns/hI``, which changes the network
+        namespace only. ``ip netns exec`` would also give the agent a private (slave) mount namespace, and
+        the namespaces the agent creates (``/run/netns/hI-ov-VNI``, ``hI-sb-NAME``: bind mounts) would then
+        exist only inside it, unusable from anywhere else."""
+        return ["nsenter", f"--net=/run/netns/{self.host_netns(host)}", "--"]
+
     def _start_agent(self, agent: str, index: int, dataplane: str) -> None:
         host = f"h{index}"
-        argv = ["ip", "netns", "exec", self.host_netns(host), *self.agent_argv(agent, index, dataplane)]
+        argv = [*self.enter_argv(host), *self.agent_argv(agent, index, dataplane)]
         log_path = self.run_dir / f"{host}.log"
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(
@@ -461,14 +470,16 @@ class Harness:
             body["aliases"] = list(aliases)
         if ip:
             body["ip"] = ip
-        answer = self.call(host, "POST", "/v1/attach", body)
+        answer = self.call(host, "POST", "/v1/attach", body)  # {sandbox, endpoint}
+        endpoint = answer.get("endpoint", answer) if isinstance(answer, dict) else {}
+        sandbox = answer.get("sandbox", {}) if isinstance(answer, dict) else {}
         record = {
             "host": host,
             "network": network,
-            "netns": _find(answer, "netns") or f"{self.host_netns(host)}-sb-{name}",
-            "ip": _strip_prefix(_find(answer, "ipv4") or _find(answer, "ip") or _find(answer, "address")),
+            "netns": sandbox.get("netns") or _find(answer, "netns") or f"{self.host_netns(host)}-sb-{name}",
+            "ip": _strip_prefix(endpoint.get("ipv4") or _find(answer, "ipv4")),
             "aliases": list(aliases),
-            "endpoint": answer,
+            "endpoint": endpoint,
         }
         record["netns"] = Path(str(record["netns"])).name  # "/run/netns/NAME" -> "NAME"
         with self._locked() as st:

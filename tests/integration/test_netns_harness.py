@@ -71,6 +71,8 @@ def test_up_converges_and_down_leaves_nothing(harness: Harness) -> None:
     for host, rec in st["hosts"].items():
         assert os.stat(f"/proc/{rec['pid']}/ns/net").st_ino == os.stat(f"/run/netns/{PREFIX}{host}").st_ino
         assert os.stat(f"/proc/{rec['pid']}/ns/net").st_ino != root_ns
+        # ...but in the machine's mount namespace, so the namespaces it creates are usable from outside.
+        assert os.stat(f"/proc/{rec['pid']}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino
     ping = harness.exec("h1", ["ping", "-c", "1", "-W", "2", host_addr(3)])
     assert ping.returncode == 0, ping.stdout + ping.stderr
     assert sorted(_ours(PREFIX)) == [f"{PREFIX}h1", f"{PREFIX}h2", f"{PREFIX}h3", f"{PREFIX}mnu"]
