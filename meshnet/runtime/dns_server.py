@@ -50,6 +50,8 @@ log = logging.getLogger("meshnet.dns")
 DEFAULT_LISTEN = ("127.0.0.11", 53)
 CLONE_NEWNET = 0x40000000
 _GRACE = 0.5
+#: Datagrams answered per wake-up of the UDP loop before other tasks get a turn.
+UDP_BATCH = 64
 _LEN = struct.Struct("!H")
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
@@ -262,33 +264,43 @@ class ResolverServer:
             self._feed(lambda now: self.resolver.handle_timer(now=now))
 
     async def _udp_loop(self, udp: Any) -> None:
+        # Batched: wait until the socket is readable, then drain up to UDP_BATCH datagrams with plain
+        # non-blocking calls on the stdlib socket (trio's per-datagram await costs about 50 us, more than
+        # answering a cluster name), then let other tasks run.
         resolver = self.resolver
         stats = self.stats
+        raw = udp._sock
+        recvfrom, sendto = raw.recvfrom, raw.sendto
+        udp_transport = Transport.UDP
         while True:
-            try:
-                data, addr = await udp.recvfrom(65535)
-            except OSError:
-                stats["udp_receive_errors"] += 1
-                continue
-            stats["udp_received"] += 1
-            try:
-                out = resolver.receive_query(
-                    data, client=addr[:2], transport=Transport.UDP, now=trio.current_time()
-                )
-            except Exception:
-                stats["core_errors"] += 1
-                log.exception("dns resolver core raised on a query (counted as core_errors)")
-                continue
-            if out is None:
-                continue
-            if isinstance(out, Reply):
+            await trio.lowlevel.wait_readable(raw)
+            now = trio.current_time()
+            for _ in range(UDP_BATCH):
                 try:
-                    udp._sock.sendto(out.data, addr)  # non-blocking; a full buffer drops (counted)
-                    stats["udp_sent"] += 1
+                    data, addr = recvfrom(65535)
+                except BlockingIOError:
+                    break
                 except OSError:
-                    stats["udp_send_errors"] += 1
-            else:
-                self._dispatch(out)
+                    stats["udp_receive_errors"] += 1
+                    continue
+                stats["udp_received"] += 1
+                try:
+                    out = resolver.receive_query(data, client=addr, transport=udp_transport, now=now)
+                except Exception:
+                    stats["core_errors"] += 1
+                    log.exception("dns resolver core raised on a query (counted as core_errors)")
+                    continue
+                if out is None:
+                    continue
+                if type(out) is Reply:
+                    try:
+                        sendto(out.data, addr)  # non-blocking; a full buffer drops it (counted)
+                        stats["udp_sent"] += 1
+                    except OSError:
+                        stats["udp_send_errors"] += 1
+                else:
+                    self._dispatch(out)
+            await trio.lowlevel.checkpoint()
 
     async def _tcp_accept_loop(self, listener: Any) -> None:
         while True:
