@@ -18,6 +18,7 @@ replicate one NetworkDB entry, and are stopped again (``--keep`` leaves them run
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import os
 import shlex
@@ -113,12 +114,17 @@ class _Demo:
         )
         client = h.container("client", host=last, network=NETWORK)
         self.say(f"client on {last}: {client['ip']} (namespace {client['netns']})")
-        self.ctl(last, "network", "ls")
+        if importlib.util.find_spec("meshnet.ctl_cnm") is not None:  # meshnetctl network ...
+            self.ctl(last, "network", "inspect", NETWORK)
         # The first packets may go out before the agents programmed each other's entries: wait quietly
         # (bounded), then show a real ping.
         self._wait_reach("client", web["ip"])
         if self.in_ns("client", ["ping", "-c", "3", "-i", "0.2", "-W", "2", web["ip"]]) != 0:
             raise RuntimeError(f"client cannot ping web at {web['ip']} over the overlay")
+        vni = h.call(last, "GET", f"/v1/networks/{NETWORK}")["vni"]
+        overlay = f"{h.host_netns(last)}-ov-{vni}"
+        self.say(f"\n{last}'s overlay namespace {overlay} (VXLAN {vni}): web's MAC is behind h1's address")
+        self.show(["ip", "netns", "exec", overlay, "bridge", "fdb", "show", "dev", "vxlan0"])
         if self._dns_running(last):
             self._wait_reach("client", "web")
             if self.in_ns("client", ["ping", "-c", "3", "-i", "0.2", "-W", "2", "web"]) != 0:

@@ -71,7 +71,9 @@ def test_demo_check_succeeds_and_leaves_nothing(tmp_path: Path) -> None:
             assert f"{host}    {addr}:7946  alive" in out  # meshnetctl members from h1
         if kernel:
             assert "container client" in out and "exec client -- ping" in out
-            assert " 0% packet loss" in out
+            assert "3 received, 0% packet loss" in out  # client pings web over the overlay
+            assert "dst 10.77.0.11" in out  # h2's FDB: web's MAC behind h1's VTEP
+            assert "64 bytes from web.demo (" in out  # by name, through the DNS service
         else:
             assert "greeting  hello from h1  h1" in out  # the entry listed on h3
         _assert_clean(prefix, run, [])
