@@ -124,6 +124,8 @@ COMPACT_MIN_FRAMES = 2048
 PERSIST_RETRY_INTERVAL = 1.0
 STORE_FORMAT = 1
 _FRAME = struct.Struct(">II")
+#: Operation durations kept per kind for ``stats()`` (the benchmark reads them).
+LATENCY_SAMPLES = 4096
 #: Slack over the core's own budget before an operation's wait gives up (the core never hangs).
 _OP_SLACK = 5.0
 
@@ -346,6 +348,18 @@ def _block_json(b: Any) -> dict[str, Any]:
     }
 
 
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    """n, p50, p99 and max of durations in seconds, as milliseconds."""
+    if not samples:
+        return {"n": 0}
+    ms = sorted(x * 1000 for x in samples)
+
+    def q(p: float) -> float:
+        return round(ms[min(len(ms) - 1, int(round(p * (len(ms) - 1))))], 3)
+
+    return {"n": len(ms), "p50": q(0.5), "p99": q(0.99), "max": round(ms[-1], 3)}
+
+
 def _body(request: Any) -> dict[str, Any]:
     if not request.body:
         return {}
@@ -384,8 +398,11 @@ class IpamService(BaseService):
         *,
         rng: random.Random | None = None,
         global_sync_grace: float = 1.0,
+        store_class: type[IpamStore] | None = None,
     ) -> None:
+        """``store_class``: the state files' class (tests inject a slow or failing disk with it)."""
         self.config = config if config is not None else IpamConfig()
+        self._store_class = store_class or IpamStore
         self._rng = rng
         self.global_sync_grace = global_sync_grace
         self.node: Any = None
@@ -406,6 +423,8 @@ class IpamService(BaseService):
         self._founder = False
         self._running = False
         self.persist_error: str | None = None
+        #: the latest durations (s) of successful operations, by kind (``stats()["latency_ms"]``)
+        self._latency: dict[str, deque[float]] = {}
         self.counters: dict[str, int] = {
             "inputs": 0,
             "input_errors": 0,
@@ -439,7 +458,7 @@ class IpamService(BaseService):
         state_dir = db.settings.state_dir
         records: dict[tuple[Any, ...], Any] = {}
         if state_dir is not None:
-            self.store = IpamStore(os.path.join(state_dir, "ipam"))
+            self.store = self._store_class(os.path.join(state_dir, "ipam"))
             records = self.store.load()
         core = None
         if records:
@@ -586,7 +605,12 @@ class IpamService(BaseService):
         out["persist_queue"] = len(self._persist_queue)
         out["persist_error"] = self.persist_error
         out["state_dir"] = self.store.path if self.store is not None else None
+        out["latency_ms"] = {kind: _percentiles(list(d)) for kind, d in sorted(self._latency.items())}
         return out
+
+    def reset_latency(self) -> None:
+        """Forget the latency samples (``POST /v1/ipam/latency/reset``, for benchmarks)."""
+        self._latency.clear()
 
     # ------------------------------------------------------------------ the contract (CnmService)
 
@@ -624,10 +648,13 @@ class IpamService(BaseService):
         if preferred is not None:
             preferred = preferred.split("/", 1)[0]
         family = None if preferred is not None else (6 if ipv6 else 4)
+        t0 = trio.current_time()
         ev = await self._run_op(
             lambda now: self.core.allocate(network_id, tag=tag, address=preferred, family=family, now=now)
         )
         assert isinstance(ev, Allocated)
+        kind = "allocate_local" if ev.owner == self.core.name else "allocate_remote"
+        self._latency.setdefault(kind, deque(maxlen=LATENCY_SAMPLES)).append(trio.current_time() - t0)
         return ev
 
     async def release(self, network_id: str, address: str, *, tag: str) -> None:
@@ -717,6 +744,9 @@ class IpamService(BaseService):
                 self._require()
                 held = self._step(lambda now: self.core.release(network, address, tag=tag, now=now))
                 return Response(200, {"released": bool(held)})
+            if path == "/v1/ipam/latency/reset":
+                self.reset_latency()
+                return Response(200, {"reset": True})
             if path == "/v1/ipam/attach":
                 body = _body(request)
                 network = _field(body, "network", str)

@@ -1,0 +1,339 @@
+"""IpamService in the trio runtime (meshnet/runtime/ipam_svc.py): state files, write-ahead order,
+restart with state, remote grants over NetworkDB requests, the /v1/ipam API and its errors, and the
+CLI's table. Real Nodes over loopback (127.0.8.14x) in one process, as the NetworkDB shell tests."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from meshnet.core.errors import ApiError, ConfigError, LocalProtocolError
+from meshnet.ctl_ipam import format_blocks, runs
+from meshnet.ipam import Conflict, Exhausted, InUse, Persist, ReclaimRefused, Unknown, Unreachable
+from meshnet.runtime import Node
+from meshnet.runtime.db import DbSettings
+from meshnet.runtime.ipam_svc import IpamService, IpamStore, ipam_api_error
+from tests.shell.ndb_helpers import FAST, NDB, api_request
+
+NET = "0123456789abcdef01234567"
+
+
+# ---------------------------------------------------------------------- state files
+
+
+def _persist(seq: int, *records: tuple[Any, Any]) -> Persist:
+    return Persist(seq, tuple(records))
+
+
+def test_store_round_trip_torn_tail_damage_compaction_and_move_aside(tmp_path: Path):
+    store = IpamStore(str(tmp_path / "ipam"))
+    assert store.load() == {}
+    store.append([_persist(1, (("a",), 1), (("b", "x", 2), {"k": (1, 2)}))])
+    store.append([_persist(2, (("a",), None), (("c",), "v")), _persist(3, (("c",), "w"))])
+    store.close()
+    expected = {("b", "x", 2): {"k": (1, 2)}, ("c",): "w"}
+    again = IpamStore(store.path)
+    assert again.load() == expected and again.log_frames == 3
+    again.close()
+    # A crash in the middle of an append leaves a torn last frame: ignored and cut off.
+    log = Path(store.path) / IpamStore.LOG
+    size = log.stat().st_size
+    with open(log, "ab") as fh:
+        fh.write(b"\x00\x00\x01\x00garbage")
+    torn = IpamStore(store.path)
+    assert torn.load() == expected and log.stat().st_size == size
+    torn.close()
+    # Damage before the last frame refuses the start, naming the file.
+    data = bytearray(log.read_bytes())
+    data[10] ^= 0xFF
+    log.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="ipam.log"):
+        IpamStore(store.path).load()
+    # Compaction: the snapshot holds everything, the log is gone.
+    fresh = IpamStore(str(tmp_path / "ipam2"))
+    fresh.load()
+    fresh.append([_persist(i, (("n", i), i)) for i in range(1, 50)])
+    fresh.compact()
+    assert not (Path(fresh.path) / IpamStore.LOG).exists()
+    fresh.append([_persist(50, (("n", 1), None))])
+    fresh.close()
+    reread = IpamStore(fresh.path)
+    assert reread.load() == {("n", i): i for i in range(2, 50)}
+    aside = reread.move_aside()
+    assert aside.endswith("ipam2.retired-1") and os.listdir(aside)
+    assert reread.load() == {} and os.listdir(reread.path) == []
+
+
+def test_api_error_mapping():
+    cases = [
+        (Exhausted("x"), 507, "exhausted"),
+        (Unreachable("x"), 503, "unreachable"),
+        (Unknown("x"), 503, "unknown"),
+        (InUse("x"), 409, "in_use"),
+        (Conflict("x"), 409, "conflict"),
+        (ReclaimRefused("x"), 409, "reclaim_refused"),
+        (LocalProtocolError("bad address"), 400, "invalid"),
+    ]
+    for err, status, code in cases:
+        api = ipam_api_error(err)
+        assert isinstance(api, ApiError) and (api.status, api.code) == (status, code)
+        assert str(err) in api.message
+
+
+def test_ls_table_merges_runs_of_blocks():
+    def row(k: int, owner: str, free: int = 16) -> dict[str, Any]:
+        return {
+            "network": NET,
+            "space": "10.9.0.0/24",
+            "block": k,
+            "first": f"10.9.0.{16 * k}",
+            "last": f"10.9.0.{16 * k + 15}",
+            "owner": owner,
+            "epoch": 1,
+            "state": "held",
+            "free": free,
+            "owner_state": "self" if owner == "a" else "alive",
+        }
+
+    blocks = [row(0, "a", 13), row(1, "a"), row(2, "b"), row(3, "a")]
+    merged = runs(blocks)
+    assert [(r["block"], r["block_last"], r["free"]) for r in merged] == [(0, 1, 29), (2, 2, 16), (3, 3, 16)]
+    lines = format_blocks(blocks).splitlines()
+    assert lines[0].split() == [
+        "NETWORK",
+        "SPACE",
+        "BLOCKS",
+        "RANGE",
+        "OWNER",
+        "OWNER",
+        "STATE",
+        "EPOCH",
+        "STATE",
+        "FREE",
+    ]
+    assert lines[1].split() == [
+        NET,
+        "10.9.0.0/24",
+        "0-1",
+        "10.9.0.0-10.9.0.31",
+        "a",
+        "self",
+        "1",
+        "held",
+        "29",
+    ]
+    assert len(format_blocks(blocks, merge=False).splitlines()) == 5
+
+
+# ---------------------------------------------------------------------- in the runtime
+
+
+class GatedStore(IpamStore):
+    """The real store behind a gate: ``closed`` appends wait (a slow disk) until opened."""
+
+    gate = threading.Event()
+
+    def append(self, batch):
+        assert self.gate.wait(timeout=30)
+        super().append(batch)
+
+
+class Cluster:
+    def __init__(self, nursery: trio.Nursery, tmp: Path) -> None:
+        self.nursery, self.tmp = nursery, tmp
+        self.nodes: dict[str, Node] = {}
+        self.svcs: dict[str, IpamService] = {}
+        self.scopes: dict[str, trio.CancelScope] = {}
+        self.ports: dict[str, int] = {}
+
+    async def start(self, name: str, ip: str, *, join: str | None = None, **svc_kw: Any) -> IpamService:
+        prev = self.nodes.get(name)
+        if prev is not None:
+            with trio.fail_after(10):
+                await prev.wait_stopped()
+        svc = IpamService(**svc_kw)
+        seeds = [self.nodes[join].bound_addr] if join else []
+        node = Node(
+            FAST,
+            name=name,
+            bind=(ip, self.ports.get(name, 0)),
+            seeds=seeds,
+            networkdb=DbSettings(config=NDB, state_dir=str(self.tmp / f"{name}.state")),
+            services=[svc],
+        )
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED):
+            with trio.CancelScope() as scope:
+                self.scopes[name] = scope
+                await node.run(api_path=str(self.tmp / f"{name}.sock"), task_status=task_status)
+
+        await self.nursery.start(run)
+        self.nodes[name], self.svcs[name], self.ports[name] = node, svc, node.bound_addr[1]
+        return svc
+
+    def kill(self, name: str) -> None:
+        self.scopes[name].cancel()
+
+
+async def wait_for(pred, timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not pred():
+            await trio.sleep(0.02)
+
+
+def own_blocks(svc: IpamService, network: str) -> dict[int, int]:
+    return {b.block: b.free for b in svc.listing(network) if b.owner_state == "self"}
+
+
+async def test_allocation_answers_and_publishes_only_after_the_state_is_durable(tmp_path: Path):
+    GatedStore.gate.set()
+    try:
+        await _write_ahead_case(tmp_path)
+    finally:
+        GatedStore.gate.set()  # never leave a persister thread waiting
+
+
+async def _write_ahead_case(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        c = Cluster(nursery, tmp_path)
+        a = await c.start("a", "127.0.8.141", store_class=GatedStore)
+        cfg = await a.create_network(NET, subnets=["10.9.0.0/24"])
+        assert cfg.vni is not None and cfg.creator == "a" and a.netcfg(NET) == cfg
+        first = await a.allocate(NET, tag="ep1")
+        assert first == "10.9.0.2"  # .0 network, .1 gateway
+        db = c.nodes["a"].db.core
+        before = {e.key: e.value for e in db.walk_table("ipam.block", NET)}
+
+        block0 = ("block", NET, "10.9.0.0/24", 0)
+
+        def idle() -> bool:  # every persist issued so far is on disk
+            on_disk = a.store.records.get(block0)
+            return (
+                a.core.stats()["pending_persists"] == 0 and on_disk is not None and len(on_disk.allocs) == 1
+            )
+
+        await wait_for(idle)
+        GatedStore.gate.clear()  # the disk stalls
+        result: list[str] = []
+
+        async def alloc() -> None:
+            result.append(await a.allocate(NET, tag="ep2"))
+
+        nursery.start_soon(alloc)
+        await trio.sleep(0.5)
+        assert result == [] and a.core.stats()["pending_persists"] == 1
+        # Nothing that follows from the decision left the service: no record changed in NetworkDB.
+        await trio.sleep(1.2)  # past the core's free-hint interval (1 s)
+        assert {e.key: e.value for e in db.walk_table("ipam.block", NET)} == before
+        GatedStore.gate.set()
+        await wait_for(lambda: result == ["10.9.0.3"])
+        nursery.cancel_scope.cancel()
+
+
+async def test_restart_with_state_resumes_at_once_and_a_joiner_gets_a_block_by_message(tmp_path: Path):
+    async with trio.open_nursery() as nursery:
+        c = Cluster(nursery, tmp_path)
+        a = await c.start("a", "127.0.8.143")
+        b = await c.start("b", "127.0.8.144", join="a")
+        await a.create_network(NET, subnets=["10.9.0.0/24"])
+        await wait_for(lambda: b.netcfg(NET) is not None)
+        await b.attach(NET)  # the contract's network attach (the hook is attach(node))
+        got = await b.allocate_event(NET, tag="b-ep1")
+        assert got.owner == "b" and own_blocks(b, NET)  # a whole block was granted to b
+        assert b.counters["messages_sent"] >= 1 and a.counters["messages_received"] >= 1
+        # Static address in a's block: allocated by a on b's behalf.
+        proxy = await b.allocate_event(NET, tag="b-ep2", preferred="10.9.0.7/24")
+        assert (proxy.value, proxy.owner) == ("10.9.0.7", "a")
+        with pytest.raises(InUse):
+            await a.allocate(NET, tag="other", preferred="10.9.0.7")
+        with pytest.raises(LocalProtocolError):
+            await b.allocate(NET, tag="x", preferred="10.10.0.1")
+        mine = own_blocks(b, NET)
+
+        c.kill("b")
+        b2 = await c.start("b", "127.0.8.144", join="a")
+        assert own_blocks(b2, NET) == mine  # believed before any peer answered
+        again = await b2.allocate_event(NET, tag="b-ep1")
+        assert (again.value, again.owner) == (got.value, "b")
+        await b2.release(NET, got.value, tag="b-ep1")
+        await b2.release(NET, got.value, tag="b-ep1")  # a no-op the second time
+        nursery.cancel_scope.cancel()
+
+
+async def test_api_routes_and_errors(tmp_path: Path):
+    async with trio.open_nursery() as nursery:
+        c = Cluster(nursery, tmp_path)
+        await c.start("a", "127.0.8.146")
+        sock = str(tmp_path / "a.sock")
+        status, body = await api_request(
+            sock, "POST", "/v1/ipam/networks", {"id": NET, "subnets": ["10.9.0.0/28"]}
+        )
+        assert status == 201 and body["subnets"][0]["gateway"] == "10.9.0.1" and body["vni"] >= 4096
+        status, body = await api_request(sock, "GET", f"/v1/ipam/networks/{NET}")
+        assert status == 200 and body["network"] == NET
+        addrs = []
+        for i in range(13):  # a /28: 16 - network - broadcast - gateway
+            status, body = await api_request(
+                sock, "POST", "/v1/ipam/allocate", {"network": NET, "tag": f"t{i}"}
+            )
+            assert status == 200 and body["owner"] == "a", body
+            addrs.append(body["address"])
+        assert len(set(addrs)) == 13
+        status, body = await api_request(
+            sock, "POST", "/v1/ipam/allocate", {"network": NET, "tag": "one-more"}
+        )
+        assert (status, body["code"]) == (507, "exhausted"), body
+        status, body = await api_request(
+            sock, "POST", "/v1/ipam/release", {"network": NET, "address": addrs[0], "tag": "t0"}
+        )
+        assert status == 200 and body == {"released": True}
+        status, body = await api_request(sock, "GET", f"/v1/ipam?network={NET}")
+        assert status == 200 and [(b["owner"], b["free"], b["owner_state"]) for b in body["blocks"]] == [
+            ("a", 1, "self")
+        ]
+        status, body = await api_request(sock, "GET", "/v1/ipam?network=-")
+        assert {b["space"] for b in body["blocks"]} == {"vni", "pool"}
+        # Errors: unknown network, bad bodies, reclaim of a live node, wrong method, unknown path.
+        status, body = await api_request(sock, "POST", "/v1/ipam/allocate", {"network": "nope", "tag": "t"})
+        assert (status, body["code"]) == (503, "unknown")
+        status, body = await api_request(sock, "POST", "/v1/ipam/allocate", {"network": NET})
+        assert (status, body["code"]) == (400, "bad_request")
+        status, body = await api_request(sock, "POST", "/v1/ipam/allocate", raw=b"[1]")
+        assert (status, body["code"]) == (400, "bad_request")
+        status, body = await api_request(
+            sock, "POST", "/v1/ipam/allocate", {"network": NET, "tag": "t", "preferred": "10.9.0.1"}
+        )
+        assert (status, body["code"]) == (400, "invalid"), body  # the gateway is reserved
+        status, body = await api_request(sock, "POST", "/v1/ipam/reclaim", {"node": "a"})
+        assert status == 409 and body["code"] == "reclaim_refused", body
+        status, body = await api_request(sock, "POST", "/v1/ipam")
+        assert status == 405
+        status, body = await api_request(sock, "POST", "/v1/ipam/nothing", {})
+        assert status == 404
+        status, body = await api_request(sock, "GET", "/v1/agent")
+        assert body["services"]["ipam"]["latency_ms"]["allocate_local"]["n"] == 13
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_graceful_leave_retires_the_identity_and_a_restart_moves_its_state_aside(tmp_path: Path):
+    async with trio.open_nursery() as nursery:
+        c = Cluster(nursery, tmp_path)
+        a = await c.start("a", "127.0.8.148")
+        b = await c.start("b", "127.0.8.149", join="a")
+        await a.create_network(NET, subnets=["10.9.0.0/24"])
+        await wait_for(lambda: b.netcfg(NET) is not None)
+        await b.attach(NET)
+        await wait_for(lambda: bool(own_blocks(b, NET)))
+        await c.nodes["b"].leave()  # IpamService.leave first: b's blocks go to a
+        c.nodes["b"].stop()
+        assert c.svcs["b"].core.is_retired
+        await wait_for(lambda: all(r.owner == "a" for r in a.listing(NET)))
+        b2 = await c.start("b", "127.0.8.149", join="a")
+        assert os.path.isdir(tmp_path / "b.state" / "ipam.retired-1")
+        assert not b2.core.is_retired and not own_blocks(b2, NET)
+        nursery.cancel_scope.cancel()
