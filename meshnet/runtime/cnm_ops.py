@@ -283,7 +283,7 @@ class CnmOperations:
             service=service,
         )
         await steps.run(
-            "write_record",
+            "write_endpoint",
             lambda: self._put(TABLE_ENDPOINTS, net.id, ep_id, encode_endpoint(rec)),
             lambda _: self._delete(TABLE_ENDPOINTS, net.id, ep_id),
         )
@@ -311,7 +311,7 @@ class CnmOperations:
     async def _delete_endpoint(self, steps: _Steps, rec: EndpointRecord) -> None:
         ipam = self._need_ipam()
         await steps.run(
-            "delete_record",
+            "delete_endpoint",
             lambda: self._delete(TABLE_ENDPOINTS, rec.network, rec.id),
             lambda _: self._put(TABLE_ENDPOINTS, rec.network, rec.id, encode_endpoint(rec)),
         )
@@ -408,10 +408,10 @@ class CnmOperations:
             lambda: self._replace_sandbox(replace(sb, endpoints=(*sb.endpoints, sep))),
             self._restore_sandbox,
         )
-        await steps.run("program", self._reconcile, kernel=True)
+        await steps.run("plug", self._reconcile, kernel=True)
         joined = replace(rec, sandbox=sb.id)
         await steps.run(
-            "write_record",
+            "announce",
             lambda: self._put(TABLE_ENDPOINTS, rec.network, rec.id, encode_endpoint(joined)),
             lambda _: self._put(TABLE_ENDPOINTS, rec.network, rec.id, encode_endpoint(rec)),
         )
@@ -419,7 +419,7 @@ class CnmOperations:
 
     async def _leave_sandbox(self, steps: _Steps, sb: SandboxInfo, rec: EndpointRecord) -> None:
         await steps.run(
-            "write_record",
+            "withdraw",
             lambda: self._put(
                 TABLE_ENDPOINTS, rec.network, rec.id, encode_endpoint(replace(rec, sandbox=""))
             ),
@@ -427,13 +427,13 @@ class CnmOperations:
         )
         cur = self._sandboxes[sb.id]
         await steps.run(
-            "remove_from_sandbox",
+            "unplug_state",
             lambda: self._replace_sandbox(
                 replace(cur, endpoints=tuple(e for e in cur.endpoints if e.id != rec.id))
             ),
             self._restore_sandbox,
         )
-        await steps.run("program", self._reconcile, kernel=True)
+        await steps.run("unplug", self._reconcile, kernel=True)
 
     async def join_endpoint(self, sandbox: str, endpoint: str) -> SandboxInfo:
         """Plug a local endpoint into a local sandbox (veth, addresses), then announce it to peers."""
@@ -461,7 +461,7 @@ class CnmOperations:
                 if rec is None:
                     cur = self._sandboxes[sb.id]
                     await steps.run(
-                        "remove_from_sandbox",
+                        "forget_endpoint",
                         lambda c=cur, gone=sep.id: self._replace_sandbox(
                             replace(c, endpoints=tuple(e for e in c.endpoints if e.id != gone))
                         ),
