@@ -42,6 +42,21 @@ replaced atomically) and ``ipam.log`` (frames ``u32 length, u32 crc32, pickle of
 records``, appended and fsynced). A torn or corrupt last frame (a crash during an append) is ignored;
 damage elsewhere refuses the start. The directory is the agent's (mode 0700, locked by the agent).
 
+API (``/v1/ipam``, JSON; errors ``{code, message}`` as ``ipam_api_error`` maps them):
+
+    GET  /v1/ipam[?network=NET]            {node, blocks: [{network, space, block, first, last, owner,
+                                           epoch, state, free, owner_state}]}; NET ``-``: the global
+                                           spaces (vni, pool); without it: every space known here
+    POST /v1/ipam/reclaim {node: NAME | [NAME...], force?: bool}
+                                           {targets, blocks, abandoned, force} once the reclaim ended
+    GET  /v1/ipam/networks/NET             the network's IPAM config (subnets, gateway, VNI, creator)
+    For tests and benchmarks (CnmService calls the methods below instead):
+    POST /v1/ipam/networks {id, subnets?: [CIDR], ipv6?}        201 config (a pool subnet if none given)
+    POST /v1/ipam/attach {network}                              join and attach a network created elsewhere
+    POST /v1/ipam/allocate {network, tag, preferred?, ipv6?}    {network, address, tag, owner}
+    POST /v1/ipam/release {network, address, tag}               {released: bool}
+    POST /v1/ipam/latency/reset                                 forget ``stats()["latency_ms"]``
+
 The operations used by ``CnmService`` (docs/agent-services.md section 1) raise the core's ``IpamError``
 subclasses within the core's budget, or ``LocalProtocolError`` for bad input (nothing changed).
 ``ipam_api_error`` maps both to ``ApiError``. ``attach`` is both the service hook (``attach(node)``,
