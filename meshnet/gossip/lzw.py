@@ -32,22 +32,24 @@ _LITERALS = [bytes((i,)) for i in range(256)]
 
 def compress(data: bytes) -> bytes:
     """Compress ``data`` byte-for-byte as Go's ``lzw.NewWriter(w, lzw.LSB, 8)`` would."""
+    data = bytes(data)
+    if not data:
+        return (_CLEAR | _EOF << 9).to_bytes(3, "little")  # clear, end: 9 bits each
     out = bytearray()
     acc = _CLEAR  # the leading clear code, 9 bits wide
     nbits = 9
     width = 9
     hi = _EOF  # the last code assigned
+    # The next code that needs attention: 512, 1024, 2048 widen the codes, _MAX_CODE resets.
     overflow = 512
     table: dict[int, int] = {}
-    mv = memoryview(bytes(data))
-    if not mv:
-        acc |= _EOF << nbits
-        nbits += width
-        return (acc).to_bytes((nbits + 7) // 8, "little")
-    code = mv[0]
-    for x in mv[1:]:
-        key = (code << 8) | x
-        nxt = table.get(key)
+    get = table.get
+    it = iter(data)
+    code = next(it)
+    # The hot loop: one dict probe per input byte; a hit only extends the current match.
+    for x in it:
+        key = code << 8 | x
+        nxt = get(key)
         if nxt is not None:
             code = nxt
             continue
@@ -59,10 +61,9 @@ def compress(data: bytes) -> bytes:
             nbits -= 64
         code = x
         hi += 1
-        if hi == overflow:
-            width += 1
-            overflow <<= 1
-        if hi == _MAX_CODE:
+        if hi < overflow:
+            table[key] = hi
+        elif hi == _MAX_CODE:
             acc |= _CLEAR << nbits
             nbits += width
             width = 9
@@ -70,18 +71,19 @@ def compress(data: bytes) -> bytes:
             overflow = 512
             table.clear()
         else:
+            width += 1
+            overflow = overflow << 1 if width < _MAX_WIDTH else _MAX_CODE
             table[key] = hi
     # Close: the pending code, then the end code (the pending code may trigger a reset first).
     acc |= code << nbits
     nbits += width
     hi += 1
-    if hi == overflow:
-        width += 1
-        overflow <<= 1
     if hi == _MAX_CODE:
         acc |= _CLEAR << nbits
         nbits += width
         width = 9
+    elif hi == overflow:
+        width += 1
     acc |= _EOF << nbits
     nbits += width
     out += acc.to_bytes((nbits + 7) // 8, "little")

@@ -43,6 +43,9 @@ __all__ = [
     "encode_compress",
     "decode_compress",
     "encode_stream_user_msg",
+    "set_lzw_memo",
+    "LZW_MEMO_DEFAULT",
+    "lzw_memo_stats",
     "MAX_NESTING",
     "MAX_STREAM_FRAME",
     "MAX_DATAGRAM_DECOMPRESSED",
@@ -78,9 +81,92 @@ _STREAM_TYPES = frozenset({_T.PING, _T.ACK_RESP, _T.ERR, _T.PUSH_PULL, _T.USER})
 # --- compress (9) ----------------------------------------------------------------------------------
 
 
+class _Memo:
+    """A bounded map ``bytes -> bytes`` (oldest entries go first), bounded by entries and bytes."""
+
+    __slots__ = ("map", "max_entries", "max_bytes", "max_item", "size", "hits", "misses")
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.map: dict[bytes, bytes] = {}
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.max_item = max_bytes // 8
+        self.size = 0
+        self.hits = 0
+        self.misses = 0
+
+    def put(self, key: bytes, value: bytes) -> None:
+        cost = len(key) + len(value)
+        if cost > self.max_item or key in self.map:
+            return
+        m = self.map
+        while m and (len(m) >= self.max_entries or self.size + cost > self.max_bytes):
+            old = next(iter(m))
+            self.size -= len(old) + len(m.pop(old))
+        m[key] = value
+        self.size += cost
+
+
+#: LZW results memoized by bytes, both ways: ``plain -> lzw`` (a node often sends the same compound
+#: to several gossip targets, and push-pull frames repeat) and ``lzw -> plain`` (filled by our own
+#: compression and by every inflate, so identical compressed bytes are inflated once; in the
+#: simulator every datagram is compressed and inflated in one process). Both are exact functions of
+#: their key, so a hit returns what the codec would; remote input can only churn them (bounded).
+#: Entries and bytes of each memo by default (an agent's working set: a few in-flight frames).
+LZW_MEMO_DEFAULT = (512, 2 << 20)
+_DEFLATED = _Memo(*LZW_MEMO_DEFAULT)
+_INFLATED = _Memo(*LZW_MEMO_DEFAULT)
+
+
+def set_lzw_memo(max_entries: int, max_bytes: int) -> None:
+    """Resize (and empty) the LZW memos; ``max_entries=0`` disables them."""
+    global _DEFLATED, _INFLATED
+    _DEFLATED = _Memo(max_entries, max_bytes)
+    _INFLATED = _Memo(max_entries, max_bytes)
+
+
+def lzw_memo_stats() -> dict[str, int]:
+    """Hits and misses of the two LZW memos since they were created."""
+    return {
+        "deflate_hits": _DEFLATED.hits,
+        "deflate_misses": _DEFLATED.misses,
+        "inflate_hits": _INFLATED.hits,
+        "inflate_misses": _INFLATED.misses,
+    }
+
+
+def _lzw_compress(inner: bytes) -> bytes:
+    memo = _DEFLATED
+    out = memo.map.get(inner)
+    if out is not None:
+        memo.hits += 1
+        return out
+    memo.misses += 1
+    out = lzw.compress(inner)
+    if memo.max_entries:
+        memo.put(inner, out)
+        _INFLATED.put(out, inner)
+    return out
+
+
+def _lzw_decompress(buf: bytes, max_size: int) -> bytes:
+    memo = _INFLATED
+    out = memo.map.get(buf)
+    if out is not None:
+        memo.hits += 1
+        if len(out) > max_size:
+            raise DecodeError(f"lzw: output exceeds {max_size} bytes")
+        return out
+    memo.misses += 1
+    out = lzw.decompress(buf, max_size=max_size)
+    if memo.max_entries:
+        memo.put(buf, out)
+    return out
+
+
 def encode_compress(inner: bytes) -> bytes:
     """``09 | msgpack {Algo: 0, Buf: lzw(inner)}``, as memberlist's compressPayload writes it."""
-    return bytes((_T.COMPRESS,)) + codec.pack({"Algo": _LZW_ALGO, "Buf": lzw.compress(inner)})
+    return bytes((_T.COMPRESS,)) + codec.pack({"Algo": _LZW_ALGO, "Buf": _lzw_compress(bytes(inner))})
 
 
 def decode_compress(data: bytes, *, max_size: int) -> bytes:
@@ -100,7 +186,7 @@ def decode_compress(data: bytes, *, max_size: int) -> bytes:
         buf = b""
     if not isinstance(buf, bytes):
         raise DecodeError("compress: Buf is not a byte string")
-    return lzw.decompress(buf, max_size=max_size)
+    return _lzw_decompress(buf, max_size)
 
 
 def _seal(keyring: Keyring, plain: bytes, aad: bytes, nonce: bytes) -> bytes:

@@ -72,6 +72,35 @@ def test_lzw_output_is_bounded() -> None:
     assert len(lzw.decompress(bomb, max_size=5_000_000)) == 5_000_000
 
 
+def test_lzw_memos_return_what_the_codec_would_and_keep_the_size_bound() -> None:
+    """packet's LZW memos: a hit gives the same bytes as the codec, an inflate hit still honours
+    max_size, the memos stay within their byte budget, and they can be turned off."""
+    try:
+        packet.set_lzw_memo(4, 64 << 10)
+        plain = b"alive node-0001 10.0.0.1 " * 200
+        first = packet.encode_compress(plain)
+        before = packet.lzw_memo_stats()
+        assert packet.encode_compress(plain) == first  # a deflate hit
+        assert packet.decode_compress(first, max_size=len(plain)) == plain  # filled by our deflate
+        after = packet.lzw_memo_stats()
+        assert after["deflate_hits"] == before["deflate_hits"] + 1
+        assert after["inflate_hits"] == before["inflate_hits"] + 1
+        assert first == bytes([9]) + codec.pack({"Algo": 0, "Buf": lzw.compress(plain)})
+        with pytest.raises(DecodeError, match="exceeds"):
+            packet.decode_compress(first, max_size=len(plain) - 1)
+        for i in range(20):  # churn: at most 4 entries and 64 KiB stay
+            packet.encode_compress(os.urandom(3000) + bytes([i]))
+        memo = packet._DEFLATED
+        assert len(memo.map) <= 4 and memo.size <= 64 << 10
+        assert memo.size == sum(len(k) + len(v) for k, v in memo.map.items())
+        packet.set_lzw_memo(0, 0)
+        assert packet.encode_compress(plain) == first
+        assert packet.decode_compress(first, max_size=len(plain)) == plain
+        assert packet.lzw_memo_stats()["inflate_hits"] == 0
+    finally:
+        packet.set_lzw_memo(*packet.LZW_MEMO_DEFAULT)
+
+
 # --- keyring ---------------------------------------------------------------------------------------------
 
 
