@@ -159,16 +159,21 @@ def dnsperf(netns: str | None, server: str, data: Path, duration: float, *, rate
     }
 
 
-def measure(label: str, fn, child_pid: int | None) -> dict:
-    cpu0 = _cpu(child_pid) if child_pid else 0.0
+def measure(label: str, fn, server_pid: int | None) -> dict:
+    """Run one figure; with ``server_pid``, add the server's CPU time over it and its CPU per answer."""
+    cpu0 = _cpu(server_pid) if server_pid else 0.0
     t0 = time.monotonic()
     out = fn()
     wall = time.monotonic() - t0
-    if child_pid:
-        out["resolver_cpu_s"] = round(_cpu(child_pid) - cpu0, 2)
-        out["resolver_cpu_pct"] = round(100 * out["resolver_cpu_s"] / wall, 1)
-    out["loadavg"] = os.getloadavg()[0]
-    print(f"  {label:<44} {json.dumps(out)}", flush=True)
+    if server_pid:
+        cpu = _cpu(server_pid) - cpu0
+        out["server_cpu_s"] = round(cpu, 2)
+        out["server_cpu_pct"] = round(100 * cpu / wall, 1)
+        answered = sum(n for code, n in out.get("rcodes", {}).items() if code != "T")
+        if answered:
+            out["server_cpu_us_per_query"] = round(1e6 * cpu / answered, 1)
+    out["loadavg"] = round(os.getloadavg()[0], 1)
+    print(f"  {label:<46} {json.dumps(out)}", flush=True)
     return out
 
 
@@ -290,6 +295,7 @@ def main() -> int:
             flush=True,
         )
         pid = child.pid
+        up_pid, ref_pid = procs[0].pid, procs[1].pid  # ip netns exec execs: the PIDs are dnsmasq's
         r = results["cluster_full"] = {
             "resolver": measure(
                 "cluster names, resolver, full speed",
@@ -299,10 +305,15 @@ def main() -> int:
             "dnsmasq": measure(
                 "cluster names, dnsmasq, full speed",
                 lambda: dnsperf(ns, REFERENCE_IP, cluster_q, args.duration),
-                None,
+                ref_pid,
             ),
         }
         r["qps_ratio"] = round(r["resolver"]["qps"] / r["dnsmasq"]["qps"], 3)
+        if r["resolver"].get("server_cpu_us_per_query") and r["dnsmasq"].get("server_cpu_us_per_query"):
+            # qps each could serve with a whole core: robust against other load on a shared machine
+            r["cpu_efficiency_ratio"] = round(
+                r["dnsmasq"]["server_cpu_us_per_query"] / r["resolver"]["server_cpu_us_per_query"], 3
+            )
         r2 = results["cluster_rate"] = {
             "resolver": measure(
                 f"cluster names, resolver, {args.rate} qps",
@@ -312,7 +323,7 @@ def main() -> int:
             "dnsmasq": measure(
                 f"cluster names, dnsmasq, {args.rate} qps",
                 lambda: dnsperf(ns, REFERENCE_IP, cluster_q, args.duration, rate=args.rate),
-                None,
+                ref_pid,
             ),
         }
         r3 = results["forwarded_full"] = {
@@ -324,7 +335,7 @@ def main() -> int:
             "upstream_direct": measure(
                 "same names to the upstream directly (host ns)",
                 lambda: dnsperf(None, UPSTREAM_IP, ext_q, args.duration),
-                None,
+                up_pid,
             ),
         }
         r3["qps_ratio"] = round(r3["resolver"]["qps"] / r3["upstream_direct"]["qps"], 3)
@@ -339,6 +350,10 @@ def main() -> int:
         print()
         print(
             f"cluster qps: resolver {r['resolver']['qps']}, dnsmasq {r['dnsmasq']['qps']}, ratio {r['qps_ratio']} (target >= 0.3)"
+        )
+        print(
+            f"cluster CPU per query: resolver {r['resolver'].get('server_cpu_us_per_query')} us, dnsmasq "
+            f"{r['dnsmasq'].get('server_cpu_us_per_query')} us, ratio {r.get('cpu_efficiency_ratio')}"
         )
         print(
             f"cluster p99 at {args.rate} qps: resolver {r2['resolver']['p99_ms']} ms, dnsmasq {r2['dnsmasq']['p99_ms']} ms (target <= 2 ms)"

@@ -36,7 +36,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# bench/dns.py sits beside this file: the script directory must not shadow dnspython's ``dns`` package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
 import dns.message  # noqa: E402
 import dns.rrset  # noqa: E402
