@@ -884,7 +884,13 @@ class IpamService(BaseService):
         writes = core.writes_to_send()
         messages = core.messages_to_send()
         if writes or messages:
-            self.node.db_input(lambda now: self._emit(writes, messages, now))
+            try:
+                self.node.db_input(lambda now: self._emit(writes, messages, now))
+            except Exception:
+                # A NetworkDB core that raises (a bug: _emit catches its refusals) must not stop the
+                # agent: counted and logged.
+                self.counters["write_errors"] += 1
+                log.exception("NetworkDB raised on the IPAM outputs (counted as write_errors)")
         while (ev := core.next_event()) is not None:
             self._on_core_event(ev)
         deadline = core.next_deadline()
