@@ -249,10 +249,19 @@ def test_five_agents_allocate_a_thousand_addresses_concurrently_without_duplicat
         return len(owners) == 64 and sum(sum(b.values()) for b in views.values()) == 1021 - 1000
 
     wait_until(settled, SPREAD_TIMEOUT, "64 blocks with one believer each and 21 free", pool.describe)
-    # Every agent lists all 64 blocks, with owners that are cluster members.
-    for a in agents:
-        rows = a.blocks(net)
-        assert len(rows) == 64 and {r["owner"] for r in rows} <= {x.name for x in agents}
+    # Every agent lists all 64 blocks, and once the records spread all agree on every block's owner
+    # and epoch: the believer's own word.
+    truth = {k: a.name for a in agents for k in believed(a, net)}
+
+    def views_agree() -> bool:
+        for a in agents:
+            rows = a.blocks(net)
+            assert len(rows) == 64
+            if {r["block"]: r["owner"] for r in rows} != truth:
+                return False
+        return True
+
+    wait_until(views_agree, SPREAD_TIMEOUT, "every agent's view to name the believers", pool.describe)
     # The CLI shows the same, as a table and as JSON.
     out = agents[2].ctl("ipam", "ls", net)
     assert out.returncode == 0, out.stderr
