@@ -362,3 +362,113 @@ async def _undo(h: Host, op: str) -> None:
         assert (await h.call("POST", "/v1/endpoints", {"network": "web", "name": "lone"}))[0] == 201
     if op == "sandbox_delete":
         assert (await h.call("POST", "/v1/attach", {"network": "web", "sandbox": "c2"}))[0] == 201
+
+
+async def ctl(h: Host, *argv: str) -> tuple[int, str, str]:
+    """``meshnetctl --api H ARGV`` in a worker thread (it blocks): exit code, stdout, stderr."""
+    import contextlib
+    import io
+
+    from meshnet import ctl as ctl_mod
+
+    out, err = io.StringIO(), io.StringIO()
+
+    def run() -> int:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                return ctl_mod.main(["--api", h.api, *argv])
+            except SystemExit as exc:  # argparse
+                return int(exc.code or 0)
+
+    code = await trio.to_thread.run_sync(run)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.hang_guard(120)
+async def test_meshnetctl_network_endpoint_sandbox_attach(tmp_path):
+    import json
+
+    async with trio.open_nursery() as nursery:
+        (a,) = await cluster(nursery, tmp_path, n=1)
+        code, out, _ = await ctl(a, "network", "create", "web", "--subnet", "10.9.0.0/24", "--label", "env=t")
+        assert code == 0 and "network web (VNI" in out, out
+        code, out, _ = await ctl(a, "network", "ls")
+        assert code == 0 and out.splitlines()[0].split() == ["ID", "NAME", "VNI", "SUBNETS", "CREATOR"]
+        assert "web" in out and "10.9.0.0/24" in out
+        code, out, _ = await ctl(
+            a, "attach", "--network", "web", "--sandbox", "c1", "--alias", "db", "--ip", "10.9.0.7"
+        )
+        assert code == 0 and "eth0 10.9.0.7 02:42:0a:09:00:07" in out, out
+        code, out, _ = await ctl(a, "endpoint", "create", "--network", "web", "e2")
+        assert code == 0 and "endpoint e2" in out
+        code, out, _ = await ctl(a, "sandbox", "join", "c1", "e2")
+        assert code == 0 and "joined sandbox c1" in out, out
+        code, out, _ = await ctl(a, "sandbox", "ls", "--json")
+        body = json.loads(out)
+        assert [e["ifname"] for e in body["sandboxes"][0]["endpoints"]] == ["eth0", "eth1"]
+        code, out, _ = await ctl(a, "endpoint", "ls")
+        assert code == 0 and len(out.splitlines()) == 3 and "c1" in out
+        code, out, _ = await ctl(a, "network", "inspect", "web")
+        assert code == 0 and "name: web" in out and "endpoints:" in out
+        code, out, _ = await ctl(a, "sandbox", "inspect", "c1")
+        assert code == 0 and "netns: h1-sb-c1" in out
+        # Exit codes: 1 not found / conflict, 2 refused as invalid.
+        code, _, err = await ctl(a, "network", "inspect", "nope")
+        assert code == 1 and "404 not_found" in err
+        code, _, err = await ctl(a, "network", "rm", "web")
+        assert code == 1 and "409 in_use" in err
+        code, _, err = await ctl(a, "network", "create", "x", "--encrypted")
+        assert code == 2 and "not supported" in err
+        code, _, err = await ctl(a, "network", "create", "y", "--label", "novalue")
+        assert code == 2 and "KEY=VALUE" in err
+        code, _, err = await ctl(a, "attach", "--network", "web")
+        assert code == 2  # argparse: --sandbox is required
+        code, out, _ = await ctl(a, "sandbox", "leave", "c1", "e2")
+        assert code == 0 and "left sandbox c1" in out
+        code, out, _ = await ctl(a, "endpoint", "rm", "e2")
+        assert code == 0 and "removed endpoint e2" in out
+        code, out, _ = await ctl(a, "sandbox", "rm", "c1")
+        assert code == 0 and "removed sandbox c1 and its 1 endpoints" in out
+        code, out, _ = await ctl(a, "network", "rm", "web")
+        assert code == 0 and "removed network web" in out
+        assert a.dp.namespaces() == ()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.hang_guard(120)
+async def test_a_crashed_and_restarted_agent_adopts_its_sandboxes_without_touching_the_kernel(tmp_path):
+    async with trio.open_nursery() as nursery:
+        a, b = await cluster(nursery, tmp_path, n=2)
+        assert (await a.call("POST", "/v1/networks", {"name": "web", "subnet": "10.9.0.0/24"}))[0] == 201
+        assert (await a.call("POST", "/v1/attach", {"network": "web", "sandbox": "c1"}))[0] == 201
+        await until(lambda: any(n.name == "web" for n in b.cnm.networks()), "web on b")
+        status, att_b = await b.call("POST", "/v1/attach", {"network": "web", "sandbox": "c2"})
+        assert status == 201, att_b
+        mac_b = att_b["endpoint"]["mac"]
+        ov = f"h1-ov-{(await a.call('GET', '/v1/networks/web'))[1]['vni']}"
+        await until(lambda: (mac_b, b.ip) in fdb(a).get(ov, set()), "a's FDB entry for c2")
+        await until(
+            lambda: len(b.cnm.view().endpoints) == 2 and not b.cnm.counters["reconcile_errors"], "b settled"
+        )
+        await trio.sleep(0.3)
+        kernel_b, plan_b = b.dp.dump(), b.dp.last_plan
+        assert b.scope is not None
+        b.scope.cancel()  # a crash: no leave
+        await until(
+            lambda: {m.name: m.state for m in a.node.members()}.get("h2") == "dead", "a to see b failed"
+        )
+        # b's entries are hidden on a, not deleted: its container keeps its FDB entry (the kernel still works).
+        await trio.sleep(1.5)
+        assert (mac_b, b.ip) in fdb(a)[ov]
+        # The same kernel and state directory, a new agent: it adopts c2 and applies nothing.
+        await b.start(nursery, [a.node.bound_addr], seed=99)
+        await until(lambda: {m.name: m.state for m in a.node.members()}.get("h2") == "alive", "b back")
+        assert [s.name for s in b.cnm.sandboxes()] == ["c2"]
+        await until(lambda: b.cnm.counters["reconciles"] >= 3, "b's reconcile loop")
+        await until(lambda: not b.cnm._settling(), "b settled after the restart")
+        await trio.sleep(0.3)
+        assert b.dp.last_plan is plan_b, b.dp.last_plan  # not a single op since the crash
+        assert b.dp.dump() == kernel_b
+        status, body = await b.call("POST", "/v1/attach", {"network": "web", "sandbox": "c3"})
+        assert status == 201, body  # and it works as before
+        nursery.cancel_scope.cancel()
