@@ -34,7 +34,7 @@ Identity: the core's identity name is the gossip member name (``--name``), so th
 names and the gossip verdicts speak of the same identities; the host id is the name as well. A state
 directory resumes the identity, its beliefs and allocations at once (``Ipam.restore``). The founder of
 the cluster (no ``--join`` and no IPAM state) believes the VNI and pool spaces. The global tables count
-as synced for the core when the node founded the cluster, or ``global_sync_grace`` seconds after its
+as synced for the core when the node founded the cluster, or ``global_sync_timeout`` seconds after its
 gossip join completed (NetworkDB reports a sync only for joins made while peers are known).
 
 State files (``STATE_DIR/ipam/``, format 1): ``ipam.snap`` (pickle of the whole durable record map,
@@ -412,14 +412,14 @@ class IpamService(BaseService):
         config: IpamConfig | None = None,
         *,
         rng: random.Random | None = None,
-        global_sync_grace: float = 1.0,
+        global_sync_timeout: float = 1.0,
         store_class: type[IpamStore] | None = None,
     ) -> None:
         """``store_class``: the state files' class (tests inject a slow or failing disk with it)."""
         self.config = config if config is not None else IpamConfig()
         self._store_class = store_class or IpamStore
         self._rng = rng
-        self.global_sync_grace = global_sync_grace
+        self.global_sync_timeout = global_sync_timeout
         self.node: Any = None
         self.core: Ipam | None = None
         self.store: IpamStore | None = None
@@ -717,6 +717,9 @@ class IpamService(BaseService):
                 network = query.get("network")
                 if network == "-":
                     network = ""  # the global spaces (vni, pool), as meshnetctl spells them
+                known = self.core.global_config() if network == "" else self.core.netcfg(network or "")
+                if network is not None and known is None:
+                    raise ApiError(404, "not_found", f"network {network or '-'} is not known here (yet)")
                 rows = [_block_json(b) for b in self.core.listing(network)]
                 return Response(200, {"node": self.core.name, "blocks": rows})
             if method != "POST" and path != "/v1/ipam/networks" and not path.startswith("/v1/ipam/networks/"):
@@ -833,7 +836,7 @@ class IpamService(BaseService):
 
     def _schedule_global_synced(self, now: float) -> None:
         async def later() -> None:
-            await trio.sleep(self.global_sync_grace)
+            await trio.sleep(self.global_sync_timeout)
             self._inbox.append(lambda t: self.core.network_synced("", now=t))
             self._wake.set()
 

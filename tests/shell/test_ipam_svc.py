@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from meshnet import ctl
 from meshnet.core.errors import ApiError, ConfigError, LocalProtocolError
 from meshnet.ctl_ipam import format_blocks, runs
 from meshnet.ipam import Conflict, Exhausted, InUse, Persist, ReclaimRefused, Unknown, Unreachable
@@ -311,6 +312,14 @@ async def test_api_routes_and_errors(tmp_path: Path):
         assert (status, body["code"]) == (400, "invalid"), body  # the gateway is reserved
         status, body = await api_request(sock, "POST", "/v1/ipam/reclaim", {"node": "a"})
         assert status == 409 and body["code"] == "reclaim_refused", body
+        status, body = await api_request(sock, "GET", "/v1/ipam?network=nope")
+        assert (status, body["code"]) == (404, "not_found")
+        rc = await trio.to_thread.run_sync(lambda: ctl.main(["--api", sock, "ipam", "ls", "nope"]))
+        assert rc == 1
+        rc = await trio.to_thread.run_sync(lambda: ctl.main(["--api", sock, "ipam", "reclaim", "a"]))
+        assert rc == 1  # refused: a is alive (it is this node)
+        rc = await trio.to_thread.run_sync(lambda: ctl.main(["--api", sock, "ipam", "ls", NET]))
+        assert rc == 0
         status, body = await api_request(sock, "POST", "/v1/ipam")
         assert status == 405
         status, body = await api_request(sock, "POST", "/v1/ipam/nothing", {})
