@@ -479,6 +479,7 @@ class Ipam(OwnerRole, RequesterRole, ReclaimRole):
             self._fence(f"this identity was retired by {r.by} ({r.reason}) while running", now)
         elif node != self.name:
             self._retire_holder(node, now)
+            self._adopt_pending = True
 
     def _on_node_record(self, node: str, r: NodeRecord, now: float) -> None:
         if self.cluster_id and r.cluster_id and r.cluster_id != self.cluster_id:
@@ -531,6 +532,11 @@ class Ipam(OwnerRole, RequesterRole, ReclaimRole):
         """NetworkDB finished the first sync of ``network`` ("" = the global tables): from now on a lack
         of space there is ``exhausted`` or ``unreachable``, no longer ``unknown``."""
         self._synced.add(network)
+        self._adopt_pending = True
+        if network in self._attached and network in self._netcfg:
+            # the owners are known now (at attach time the view may still have shown only the creator,
+            # gone since): ask for the eager block again
+            self._attached_ready(network, now)
         self._done(now)
 
     # ------------------------------------------------------------------ inputs: messages, persistence, time
@@ -761,7 +767,7 @@ class Ipam(OwnerRole, RequesterRole, ReclaimRole):
         if b.believe:
             rec = BlockRecord(b.hw, "held", used=b.used(), seq=b.seq + 1)
         elif b.granted_to:
-            rec = BlockRecord(b.hw, "granted", to=b.granted_to, used=b.manifest, seq=b.seq + 1)
+            rec = BlockRecord(b.granted_at, "granted", to=b.granted_to, used=b.manifest, seq=b.seq + 1)
         else:
             return
         self._set_block(sid, k, b.with_(seq=rec.seq))

@@ -145,7 +145,8 @@ class OwnerRole:
         """Give block ``k`` to ``to`` at hw+1: persist "granted" (no longer believing) before any output."""
         b = self._block(sid, k)
         assert b.believe, "only a believer grants"
-        self._set_block(sid, k, BlockState(hw=b.hw + 1, granted_to=to, manifest=manifest, seq=b.seq))
+        e = b.hw + 1
+        self._set_block(sid, k, BlockState(hw=e, granted_to=to, granted_at=e, manifest=manifest, seq=b.seq))
         self._hint_dirty.get(sid, set()).discard(k)
         self._write_block_record(sid, k, now)
         self._send_grant(sid, k, rid, now)
@@ -154,11 +155,13 @@ class OwnerRole:
     def _send_grant(self: Any, sid: SpaceId, k: int, rid: int, now: float) -> None:
         b = self._block(sid, k)
         self._grant_sent_at[(sid, k)] = now
-        self._send(b.granted_to, msg.SpaceGrant(rid, sid.scope, sid.name, k, b.hw, self.name, b.manifest))
+        self._send(
+            b.granted_to, msg.SpaceGrant(rid, sid.scope, sid.name, k, b.granted_at, self.name, b.manifest)
+        )
 
     def _confirm_grant(self: Any, sid: SpaceId, k: int, now: float) -> None:
         b = self._block(sid, k)
-        self._set_block(sid, k, b.with_(granted_to="", manifest=()))
+        self._set_block(sid, k, b.with_(granted_to="", granted_at=0, manifest=()))
         self._grant_sent_at.pop((sid, k), None)
         self._delete_block_record(sid, k)
         self._grant_confirmed(sid, k, now)
@@ -250,8 +253,8 @@ class OwnerRole:
         if (
             (sid, k) in self._pending_grants
             and e.writer != self.name
-            and e.epoch >= b.hw
-            and (e.state == "held" or e.epoch > b.hw)
+            and e.epoch >= b.granted_at
+            and (e.state == "held" or e.epoch > b.granted_at)
         ):
             self._confirm_grant(sid, k, now)
         b = self._block(sid, k)
@@ -259,7 +262,7 @@ class OwnerRole:
             self._alarm("superseded", f"{sid}#{k}: believed at epoch {b.hw}, {e.owner} holds epoch {e.epoch}")
             self._set_block(sid, k, BlockState(hw=e.epoch, seq=b.seq))
         self._proposal_view_changed(sid, k, e, now)
-        if e.owner in self._adopt_targets():
+        if e.owner in self._retired and e.owner != self.name:
             self._adopt_pending = True
 
     # ------------------------------------------------------------------ releases

@@ -191,7 +191,7 @@ class ReclaimRole:
         if self.name in targets:
             return ReclaimRefused("a node cannot reclaim itself")
         unknown = [t for t in targets if t not in self._nodes and t not in self._members]
-        if unknown:
+        if unknown and not adoption:
             return ReclaimRefused(f"unknown node(s) {', '.join(unknown)}")
         if force:
             return None
@@ -223,19 +223,47 @@ class ReclaimRole:
         owners = self._owners(self._spaces[sid])
         return max(cands, key=lambda n: (owners.get(n, [0, 0])[1], n))
 
-    def _adopt_targets(self: Any) -> set[str]:
-        host = self._id.host
-        return {
-            n
-            for n, r in self._nodes.items()
-            if r.host == host
-            and n != self.name
-            and (n not in self._retired or self._retired[n].by == self.name)
-        }
+    def _visible(self: Any, sid: SpaceId) -> bool:
+        """Whether this node's view of ``sid`` is good enough to reclaim in it: the scope is synced, and a
+        network's scope is one this node uses (else it never received the network's records)."""
+        return sid.scope in self._synced and (not sid.scope or sid.scope in self._attached)
+
+    def _auto_targets(self: Any) -> set[str]:
+        """Retired identities that still own blocks this node can see: a retirement is the death
+        assertion (a leave, a reclaim, or a successor holding the host lock), so their space is taken back
+        without another command, by whoever sees it (acknowledgements pick one winner)."""
+        out = set()
+        for sid in self._spaces:
+            if not self._visible(sid):
+                continue
+            sp = self._spaces[sid]
+            for k in range(sp.nblocks):
+                if self._believes(sid, k):
+                    continue
+                owner = self._reclaim_owner(sid, k, self._view.get(sp, k))
+                if owner in self._retired and owner != self.name and self._members.get(owner) != "alive":
+                    out.add(owner)
+        return out
+
+    def _reclaim_owner(self: Any, sid: SpaceId, k: int, e: Any) -> str:
+        """Whom a reclaim of block ``k`` takes it from: its view owner; but a grant to this node that it
+        had to refuse (a reclaimer fenced it at that epoch, then gave up) belongs to its donor still, so
+        the target can take the block back once the donor is gone instead of leaving it orphaned."""
+        if e.state == "granted" and e.owner == self.name and self._block(sid, k).hw >= e.epoch:
+            return e.writer
+        return e.owner
 
     def _maybe_adopt(self: Any, now: float) -> None:
-        if self._adopt_targets() and self._can_believe():
-            self._adopt_pending = True
+        """A new identity of this host appeared in the records: older identities of this host are dead
+        (this process holds the host lock), so retire them; their blocks are then reclaimed."""
+        if not self._can_believe():
+            return
+        host = self._id.host
+        for n, r in sorted(self._nodes.items()):
+            if r.host == host and n != self.name and n not in self._retired:
+                self._on_retired(n, RetiredRecord("adopted", self.name), now)
+                self._count("adoptions")
+        self._adopt_pending = True
 
     # ------------------------------------------------------------------ reclaimer side
 
@@ -246,13 +274,15 @@ class ReclaimRole:
             if t not in self._retired:
                 self._on_retired(t, RetiredRecord("adopted" if op.adoption else "reclaim", self.name), now)
         for sid in sorted(self._spaces):
+            if not self._visible(sid):
+                continue
             sp = self._spaces[sid]
             for k in range(sp.nblocks):
                 key = (sid, k)
                 if key in self._proposals or self._believes(sid, k):
                     continue
                 e = self._view.get(sp, k)
-                if e.owner not in op.targets:
+                if self._reclaim_owner(sid, k, e) not in op.targets:
                     continue
                 b = self._block(sid, k)
                 hint = self._view.reclaim_hint(sid, k)
@@ -437,6 +467,8 @@ class ReclaimRole:
             return "believer"
         if b.hw > e:
             return "newer epoch"
+        if b.granted_to and b.granted_at >= e:
+            return "pending grant"
         v = self._view.explicit(sid, k)
         if v is not None and v.epoch >= e:
             return "newer owner"
@@ -477,15 +509,17 @@ class ReclaimRole:
         if not self._adopt_pending or self._adopt_op is not None or now < self._adopt_next:
             return
         self._adopt_pending = False
-        targets = tuple(sorted(self._adopt_targets()))
-        if not targets or not self._can_believe():
+        if not self._can_believe():
+            return
+        targets = tuple(sorted(self._auto_targets()))
+        if not targets:
             return
         if self._reclaim_refusal(targets, force=False, adoption=True) is not None:
             self._adopt_pending = True
             self._adopt_next = now + 5 * self.config.retry_interval
-            self._count("adoptions_deferred")
+            self._count("auto_reclaims_deferred")
             return
         op = _ReclaimOp(self._new_op(), targets, True, now + self.config.reclaim_budget)
         self._adopt_op = op.id
-        self._count("adoptions")
+        self._count("auto_reclaims")
         self._begin_reclaim(op, False, now)

@@ -80,14 +80,16 @@ _EMPTY: Mapping[int, Holder] = {}
 class BlockState:
     """One block as this node knows it durably. ``hw`` is the highest epoch the node has believed, granted,
     proposed or fenced; it never decreases (S4). ``believe`` means the node believes at ``hw``.
-    ``granted_to`` is set while a grant issued at ``hw`` is unconfirmed (resent until the target's held
-    record appears); ``manifest`` is what that grant carries. ``allocs`` maps offsets to holders and is
+    ``granted_to`` is set while a grant issued at epoch ``granted_at`` is unconfirmed (resent until the
+    target's held record appears); ``manifest`` is what that grant carries. ``granted_at`` is kept apart
+    from ``hw`` because fencing a block for a reclaimer raises ``hw`` and must never re-date a grant. ``allocs`` maps offsets to holders and is
     only non-empty while believing. ``seq`` orders this node's record rewrites at one epoch."""
 
     hw: int = 0
     believe: bool = False
     allocs: Mapping[int, Holder] = field(default_factory=lambda: _EMPTY)
     granted_to: str = ""
+    granted_at: int = 0
     manifest: tuple[tuple[int, str, str], ...] = ()
     seq: int = 0
 

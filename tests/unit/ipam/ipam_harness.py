@@ -46,6 +46,7 @@ from meshnet.ipam import (
     Reclaimed,
     summarize,
 )
+from meshnet.ipam.messages import decode
 from meshnet.ipam.state import Persist
 
 __all__ = ["Cluster", "HostSlot"]
@@ -124,7 +125,7 @@ class Cluster:
         self.dropped = 0
         #: delivered direct messages (src host, dst host, dst name, payload), for replays
         self.history: list[tuple[str, str, str, bytes]] = []
-        self._traps: dict[str, int] = {}
+        self._traps: dict[str, list[Any]] = {}
         self._summaries: dict[str, tuple[tuple[int, int], Any]] = {}
         self._synced: dict[tuple[Any, ...], int] = {}
         self._crash_now: list[str] = []
@@ -226,23 +227,34 @@ class Cluster:
         while (ev := core.next_event()) is not None:
             slot.events.append(ev)
             self.trace(f"{slot.name} event {ev!r}")
-        if host in self._traps:
-            self._traps[host] -= 1
-            if self._traps[host] <= 0:
+        self._count_input(host, "any")
+
+    def _count_input(self, host: str, kind: str) -> None:
+        trap = self._traps.get(host)
+        if trap is not None and trap[1] == kind:
+            trap[0] -= 1
+            if trap[0] <= 0:
                 del self._traps[host]
                 self._crash_now.append(host)
 
-    def crash_after(self, host: str, inputs: int = 1) -> None:
-        """Crash ``host`` right after it handled ``inputs`` more inputs (a message, a record, a timer, an
-        fsync), before anything else happens: the persists it just issued are lost."""
-        self._traps[host] = inputs
+    def crash_after(self, host: str, inputs: int = 1, *, on: str = "any") -> None:
+        """Crash ``host`` right after it handled ``inputs`` more inputs (``on="any"``: a message, a
+        record, a timer, an fsync; ``on="message"``: direct messages only), before anything else
+        happens: the persists it just issued are lost, what it sent is on its way."""
+        self._traps[host] = [inputs, on]
 
     def clear_traps(self) -> None:
         self._traps.clear()
 
-    def replay(self, i: int) -> None:
-        """Deliver again (now + latency) the ``i``-th remembered message: a duplicate with any delay."""
-        src, dst, dst_name, payload = self.history[i % len(self.history)]
+    def replay(self, i: int, *, kind: type | None = None) -> None:
+        """Deliver again (now + latency) the ``i``-th remembered message (of type ``kind`` only, if given):
+        a duplicate with any delay."""
+        pool = self.history
+        if kind is not None:
+            pool = [h for h in pool if isinstance(decode(h[3]).body, kind)]
+        if not pool:
+            return
+        src, dst, dst_name, payload = pool[i % len(pool)]
         self.trace(f"replay {src}->{dst_name}")
         self._schedule(self.now + self.latency, "msg", (src, dst, dst_name, payload))
 
@@ -302,8 +314,13 @@ class Cluster:
     def on_persist(self, host: str, p: Persist) -> None:
         """Hook for checkers (history of durable decisions)."""
 
+    def linked(self, src: str, dst: str) -> bool:
+        """Whether a packet already sent by ``src`` reaches ``dst`` now (the sender may have crashed
+        since: what it sent still arrives; a partition cuts it)."""
+        return self.is_up(dst) and self.slots[src].group == self.slots[dst].group
+
     def _do_msg(self, src: str, dst: str, dst_name: str, payload: bytes) -> None:
-        if not self.can_talk(src, dst) or self.slots[dst].name != dst_name:
+        if not self.linked(src, dst) or self.slots[dst].name != dst_name:
             self.dropped += 1
             return
         self.delivered += 1
@@ -313,12 +330,13 @@ class Cluster:
             del self.history[:200]
         self.ipam(dst).receive_message(self.slots[src].name, payload, now=self.now)
         self.pump(dst)
+        self._count_input(dst, "message")
 
     def _do_gossip(
         self, src_name: str, dst: str, dst_name: str, slot_key: tuple[str, str, str], rec: Rec
     ) -> None:
         src = self.host_of.get(src_name)
-        if src is None or not self.can_talk(src, dst) or self.slots[dst].name != dst_name:
+        if src is None or not self.linked(src, dst) or self.slots[dst].name != dst_name:
             return
         self._merge(dst, slot_key, rec)
 
