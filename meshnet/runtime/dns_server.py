@@ -279,7 +279,7 @@ class ResolverServer:
                 try:
                     data, addr = recvfrom(65535)
                 except BlockingIOError:
-                    break
+                    break  # drained: wait_readable yields to the other tasks
                 except OSError:
                     stats["udp_receive_errors"] += 1
                     continue
@@ -300,7 +300,8 @@ class ResolverServer:
                         stats["udp_send_errors"] += 1
                 else:
                     self._dispatch(out)
-            await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.checkpoint()  # a full batch: let other tasks run before the next
 
     async def _tcp_accept_loop(self, listener: Any) -> None:
         while True:

@@ -102,6 +102,8 @@ class Lab:
                 "--host-record=ext.example.test,192.0.2.7",
                 "--host-record=also.example.test,192.0.2.8",
                 f"--server=/slow.test/{SILENT_IP}",
+                "--edns-packet-max=512",  # its UDP answers are cut at 512 bytes (TC): retried over TCP
+                *[f"--host-record=big.example.test,192.0.2.{i}" for i in range(1, 61)],
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -374,6 +376,29 @@ async def test_forwarding_parallel_upstreams_and_the_limit(lab):
     with trio.fail_after(5):
         while lab.drain_silent() < before + 1:  # the UDP query (TCP to the silent one is refused)
             await trio.sleep(0.05)
+    # A big answer: dnsmasq truncates it for UDP (512 bytes); the client takes 4096, so the resolver asks
+    # dnsmasq again over TCP and the client gets all 60 records over UDP, without TC.
+    stats = lab.dns["h2"]._boxes["sb-client"].resolver.stats
+    retries = stats.tcp_retries
+    res = await _in(
+        ns,
+        "dig",
+        "@127.0.0.11",
+        "+time=2",
+        "+tries=1",
+        "+bufsize=4096",
+        "+notcp",
+        "+ignore",
+        "big.example.test",
+    )
+    assert b"status: NOERROR" in res.stdout and b" tc" not in res.stdout.split(b"flags:")[1].split(b";")[0], (
+        res
+    )
+    assert res.stdout.count(b"IN\tA\t192.0.2.") == 60, res.stdout
+    assert stats.tcp_retries == retries + 1
+    # the same name to a client that takes only 512 bytes: the resolver passes TC on (the client retries)
+    res = await _in(ns, "dig", "@127.0.0.11", "+time=2", "+tries=1", "+noedns", "+ignore", "big.example.test")
+    assert b" tc" in res.stdout.split(b"flags:")[1].split(b";")[0], res
     # EDNS0 passes through (dnsmasq answers with an OPT record to a query that had one)
     res = await _in(ns, "dig", "@127.0.0.11", "+time=2", "+tries=1", "+edns=0", "ext.example.test")
     assert b"OPT PSEUDOSECTION" in res.stdout and b"192.0.2.7" in res.stdout
@@ -399,7 +424,6 @@ async def test_forwarding_parallel_upstreams_and_the_limit(lab):
         print(json.dumps(rcodes))
         """
     )
-    stats = lab.dns["h2"]._boxes["sb-client"].resolver.stats
     refused_before = stats.refused_over_limit
     res = await _in(ns, sys.executable, "-c", script, timeout=15)
     rcodes = json.loads(res.stdout)
