@@ -926,7 +926,10 @@ class IpamService(BaseService):
                 self.counters["messages_sent"] += 1
             except LocalProtocolError as exc:
                 self.counters["send_errors"] += 1
-                log.debug("IPAM message to %s not sent: %s", m.node, exc)
+                # No address known (the node is gone): the core retries or moves on. Too large: a bug
+                # worth seeing (the core splits what it knows can grow).
+                too_large = len(payload) > self.node.db.settings.config.max_request_bytes
+                (log.warning if too_large else log.debug)("IPAM message to %s not sent: %s", m.node, exc)
 
     def _on_core_event(self, ev: Any) -> None:
         if isinstance(ev, Alarm):
