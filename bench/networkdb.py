@@ -117,6 +117,11 @@ class Figures:
     join_queue_max_joiner: int | None = None
     join_queue_max_members_sampled: int | None = None
     join_queue_members_before: int | None = None
+    batch: int = 1
+    write_window_s: float = 0.0
+    agents_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    load_during: tuple[float, float] = (0.0, 0.0)
     notes: list[str] = field(default_factory=list)
 
 
@@ -150,6 +155,25 @@ def sent_bytes(agents: list[Agent]) -> list[int]:
         rt = a.call("GET", "/v1/agent")["stats"]["runtime"]
         out.append(rt.get("udp_bytes_sent", 0) + rt.get("tcp_bytes_sent", 0))
     return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the given processes (from /proc/PID/stat; gone processes count 0)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 # -------------------------------------------------------------------------------------------- cluster
@@ -213,28 +237,43 @@ def run_writes(args: argparse.Namespace, agents: list[Agent], figs: Figures) -> 
     lock = threading.Lock()
     start = time.monotonic() + 0.5
 
+    n = len(agents)
+    batch = max(1, args.batch)
+
     def worker() -> None:
         while (job := jobs.get()) is not None:
-            seq, due = job
+            seqs, due = job
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            agent = agents[seq % len(agents)]
+            agent = agents[seqs[0] % n]
             t0 = time.monotonic()
             try:
-                agent.call("PUT", f"/v1/db/{NETWORK}/{TABLE}/k{seq:07d}", {"value": value})
+                if len(seqs) == 1:
+                    agent.call("PUT", f"/v1/db/{NETWORK}/{TABLE}/k{seqs[0]:07d}", {"value": value})
+                else:
+                    items = [{"key": f"k{seq:07d}", "value": value} for seq in seqs]
+                    agent.call("POST", f"/v1/db/{NETWORK}/{TABLE}", {"entries": items})
             except (ctl.AgentError, ctl.AgentUnreachable) as exc:
                 with lock:
-                    failed.append(f"k{seq}: {exc}")
+                    failed.extend(f"k{seq}: {exc}" for seq in seqs)
                 continue
             with lock:
-                rtts.append(time.monotonic() - t0)
+                rtts.extend([time.monotonic() - t0] * len(seqs))
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.clients)]
     for t in threads:
         t.start()
+    # Write seq goes to agent seq % n at start + seq / rate. With --batch B, each agent's writes are
+    # grouped B at a time into one batch request, sent at the due time of the batch's last write (no
+    # write is issued early; the first of a batch waits up to B * n / rate).
+    pending: dict[int, list[int]] = {}
     for seq in range(total):
-        jobs.put((seq, start + seq / args.rate))
+        group = pending.setdefault(seq % n, [])
+        group.append(seq)
+        if len(group) == batch or seq + n >= total:
+            jobs.put((group, start + seq / args.rate))
+            del pending[seq % n]
     for _ in threads:
         jobs.put(None)
     for t in threads:
@@ -399,7 +438,11 @@ def run_join(args: argparse.Namespace, agents: list[Agent], figs: Figures, procs
 
 def run_real(args: argparse.Namespace) -> Figures:
     figs = Figures(
-        nodes=args.nodes, compression=not args.no_compression, rate_target=args.rate, duration_s=args.duration
+        nodes=args.nodes,
+        compression=not args.no_compression,
+        rate_target=args.rate,
+        duration_s=args.duration,
+        batch=max(1, args.batch),
     )
     workdir = Path(tempfile.mkdtemp(prefix="meshnet-ndb-bench-"))
     procs = Processes(workdir / "logs")
@@ -433,9 +476,16 @@ def run_real(args: argparse.Namespace) -> Figures:
 
         print(f"writing {args.rate:.0f}/s for {args.duration:.0f}s over {args.nodes} agents ...")
         before = sent_bytes(agents)
+        pids = [a.pid for a in agents]
+        cpu0, own0, load0 = cpu_seconds(pids), own_cpu_seconds(), os.getloadavg()[0]
         t = time.monotonic()
         written = run_writes(args, agents, figs)
         window = time.monotonic() - t
+        cpu1, own1 = cpu_seconds(pids), own_cpu_seconds()
+        figs.write_window_s = round(window, 2)
+        figs.agents_cpu_s = round(cpu1 - cpu0, 2)
+        figs.client_cpu_s = round(own1 - own0, 2)
+        figs.load_during = (round(load0, 2), round(os.getloadavg()[0], 2))
         after = sent_bytes(agents)
         per_node = [(b - a) / window for a, b in zip(before, after)]
         figs.write_bytes_per_s_per_node = round(statistics.mean(per_node), 1)
@@ -492,7 +542,15 @@ def report(figs: Figures) -> dict[str, bool]:
     print(
         f"  writes              {f.writes_sent} over {f.duration_s:.0f}s, target {f.rate_target:.0f}/s, achieved {f.rate_achieved}/s, failed {f.writes_failed}"
     )
-    print(f"  PUT round trip      p50 {f.put_rtt_p50_ms} ms, p99 {f.put_rtt_p99_ms} ms (client side)")
+    print(
+        f"  PUT round trip      p50 {f.put_rtt_p50_ms} ms, p99 {f.put_rtt_p99_ms} ms (client side; "
+        f"{f.batch} write(s) per request)"
+    )
+    print(
+        f"  CPU in the write window ({f.write_window_s}s): agents {f.agents_cpu_s}s in total "
+        f"({f.agents_cpu_s / max(f.write_window_s, 1e-9):.2f} cores), bench client {f.client_cpu_s}s; "
+        f"load average {f.load_during[0]} -> {f.load_during[1]}"
+    )
     print(
         f"  propagation         p50 {f.latency_p50_s}s  p99 {f.latency_p99_s}s  max {f.latency_max_s}s  over {f.pairs} (key, reader) pairs"
     )
@@ -535,6 +593,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=20.0, help="seconds of writes (default 20)")
     p.add_argument("--value-bytes", type=int, default=64, help="bytes per value (default 64)")
     p.add_argument("--clients", type=int, default=24, help="client threads issuing writes (default 24)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="writes per API request (POST /v1/db/NET/TABLE batch put; 1 = one PUT per write)",
+    )
     p.add_argument("--settle", type=float, default=60.0, help="max seconds to wait for every key everywhere")
     p.add_argument("--idle", type=float, default=5.0, help="idle window for the baseline bytes/s (default 5)")
     p.add_argument("--quiet", type=float, default=2.0, help="pause between phases, s (default 2)")

@@ -394,9 +394,10 @@ def _entries(v: Any, lim: Limits) -> tuple[WireEntry, ...]:
     return tuple(_entry(e, lim) for e in _list(v, "entries"))
 
 
-#: ``skip(network, raw)``: True for an undecoded entry (a msgpack list, not validated) the receiver
-#: already holds, so it is neither validated nor decoded. It must not raise for any ``raw``.
-SkipEntry = Callable[[str, Any], bool]
+#: ``skip(network)`` returns a predicate over the undecoded entries (msgpack lists, not validated) of a
+#: ``TableEvents`` for ``network``, or None to decode them all. The predicate is True for an entry the
+#: receiver already holds, which is then neither validated nor decoded; it must not raise for any input.
+SkipEntry = Callable[[str], Callable[[Any], bool] | None]
 
 
 def _body(kind: Kind, v: Any, lim: Limits, skip: SkipEntry | None = None) -> Body:
@@ -405,10 +406,11 @@ def _body(kind: Kind, v: Any, lim: Limits, skip: SkipEntry | None = None) -> Bod
         network = _str(f[0], "network", lim.max_network_bytes)
         if skip is None:
             return TableEvents(network=network, entries=_entries(f[1], lim))
+        held = skip(network)
+        if held is None:
+            return TableEvents(network=network, entries=_entries(f[1], lim))
         raws = _list(f[1], "entries")
-        return TableEvents(
-            network=network, entries=tuple(_entry(e, lim) for e in raws if not skip(network, e))
-        )
+        return TableEvents(network=network, entries=tuple(_entry(e, lim) for e in raws if not held(e)))
     if kind is Kind.ATTACHMENT_EVENTS:
         f = _list(v, "AttachmentEvents", 1)
         return AttachmentEvents(attachments=_attachments(f[0], lim))

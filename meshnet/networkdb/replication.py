@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from meshnet.core.clock import DeadlineHeap
@@ -223,34 +223,44 @@ class Replica:
         self._put(incoming, cur)
         return True
 
-    def _held(self, network: str, raw: object) -> bool:
-        """The cheap "already have this version" check on an undecoded gossiped entry (``raw`` is
-        ``[table, key, value, owner, ltime, flags, reap_in_ms]`` unvalidated). True, so the entry is
-        not even decoded, when the merge would certainly ignore it: the stored record of its slot is a
-        live entry of the same owner, ltime and value (a duplicate copy), or has a greater ltime (a
-        stale one). Tombstones, ties with other owners or values and unknown slots take the full path
-        (reap-time and tie-break rules). Never raises for any ``raw``."""
-        if type(raw) is not list or len(raw) != 7:
+    def _held(self, network: str) -> Callable[[object], bool] | None:
+        """The cheap "already have this version" check on the undecoded entries of one gossip message
+        (``codec.decode``'s ``skip``). Each ``raw`` is ``[table, key, value, owner, ltime, flags,
+        reap_in_ms]``, unvalidated. The predicate is True, so the entry is not even decoded, when the
+        merge would certainly ignore it: the stored record of its slot is a live entry of the same owner,
+        ltime and value (a duplicate copy: gossip delivers each entry several times), or has a greater
+        ltime (a stale copy). Tombstones, ties with another owner or value and unknown slots take the
+        full path (reap-time and tie-break rules). Never raises for any ``raw``."""
+        tables = self._store.tables_of(network)
+        if tables is None or network not in self._nets:
+            return None
+        counters = self._counters
+
+        def held(raw: object) -> bool:
+            if type(raw) is not list or len(raw) != 7:
+                return False
+            table, key, value, owner, ltime, flags, _ = raw
+            if type(table) is not str or type(key) is not str or type(ltime) is not int:
+                return False
+            keys = tables.get(table)
+            cur = None if keys is None else keys.get(key)
+            if cur is None:
+                return False
+            if cur.ltime > ltime:
+                counters["stale_entries"] = counters.get("stale_entries", 0) + 1
+                return True
+            if (
+                cur.ltime == ltime
+                and (flags == 0 or flags == 2)
+                and not cur.deleted
+                and cur.owner == owner
+                and cur.value == value
+            ):
+                counters["duplicate_entries"] = counters.get("duplicate_entries", 0) + 1
+                return True
             return False
-        table, key, value, owner, ltime = raw[0], raw[1], raw[2], raw[3], raw[4]
-        if type(table) is not str or type(key) is not str or type(ltime) is not int:
-            return False
-        cur = self._store.lookup(network, table, key)
-        if cur is None:
-            return False
-        if cur.ltime > ltime:
-            self._count("stale_entries")
-            return True
-        if (
-            cur.ltime == ltime
-            and not cur.deleted
-            and cur.owner == owner
-            and cur.value == value
-            and (raw[5] == 0 or raw[5] == 2)
-        ):
-            self._count("duplicate_entries")
-            return True
-        return False
+
+        return held
 
     def _own_entry_seen(self, network: str, w: WireEntry, now: float) -> bool:
         """Owner authority: a copy of our own entry newer than what we hold is from a previous life."""

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Sequence
 from typing import Protocol
 
 from meshnet.core.clock import DeadlineHeap
@@ -268,6 +269,32 @@ class NetworkDB(Replica):
         if cur is None or cur.deleted:
             self._check_capacity(table, network)
         return self._write(table, network, key, value, cur, deleted=False, now=now)
+
+    def put_entries(
+        self, table: str, network: str, items: Sequence[tuple[str, bytes]], *, now: float
+    ) -> list[Entry]:
+        """``put_entry`` for several keys of one table at once, all or nothing: every item is checked
+        (limits, distinct keys, table capacity) before any is written. Same events and wire traffic as
+        the single puts; a shell persists and answers them together."""
+        curs: list[Entry | None] = []
+        seen: set[str] = set()
+        new = 0
+        for key, value in items:
+            cur = self._check_write(table, network, key, value)
+            if key in seen:
+                raise LocalProtocolError(f"key {key} given twice in one batch")
+            seen.add(key)
+            curs.append(cur)
+            new += cur is None or cur.deleted
+        if new and self._store.live_count(network, table) + new > self.config.max_table_entries:
+            raise LocalProtocolError(
+                f"table {table} of network {network!r} cannot take {new} more live entries "
+                f"(max_table_entries {self.config.max_table_entries})"
+            )
+        return [
+            self._write(table, network, key, value, cur, deleted=False, now=now)
+            for (key, value), cur in zip(items, curs, strict=True)
+        ]
 
     def delete_entry(self, table: str, network: str, key: str, *, now: float) -> Entry:
         """Replace a live entry by a tombstone (keeping the value) reaped after ``reap_entry_interval``."""

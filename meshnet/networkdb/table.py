@@ -32,15 +32,27 @@ __all__ = ["merge", "compare", "merge_tables", "entry_hash", "TableStore"]
 
 def entry_hash(e: Entry) -> int:
     """A 64-bit hash of an entry's slot and precedence (what two replicas must agree on)."""
-    h = blake2b(digest_size=8)
-    for s in (e.table, e.key, e.owner):
-        b = s.encode("utf-8", "surrogatepass")
-        h.update(len(b).to_bytes(4, "big"))
-        h.update(b)
-    h.update(e.ltime.to_bytes(8, "big"))
-    h.update(b"\x01" if e.deleted else b"\x00")
-    h.update(e.value)
-    return int.from_bytes(h.digest(), "big")
+    t = e.table.encode("utf-8", "surrogatepass")
+    k = e.key.encode("utf-8", "surrogatepass")
+    o = e.owner.encode("utf-8", "surrogatepass")
+    data = b"".join(
+        (
+            _LEN(len(t)),
+            t,
+            _LEN(len(k)),
+            k,
+            _LEN(len(o)),
+            o,
+            e.ltime.to_bytes(8, "big"),
+            b"\x01" if e.deleted else b"\x00",
+            e.value,
+        )
+    )
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
+
+
+def _LEN(n: int) -> bytes:  # noqa: N802 - a 4-byte big-endian length prefix
+    return n.to_bytes(4, "big")
 
 
 def compare(a: Entry, b: Entry) -> int:
@@ -109,13 +121,10 @@ class TableStore:
         keys = tables.get(table)
         return None if keys is None else keys.get(key)
 
-    def lookup(self, network: str, table: str, key: str) -> Entry | None:
-        """``get`` without building the slot tuple (hot path: every gossiped copy)."""
-        tables = self._nets.get(network)
-        if tables is None:
-            return None
-        keys = tables.get(table)
-        return None if keys is None else keys.get(key)
+    def tables_of(self, network: str) -> Mapping[str, Mapping[str, Entry]] | None:
+        """A read-only view (do not modify) of one network's ``{table: {key: entry}}``, for the receive
+        path's per-copy duplicate check; None if the network holds nothing yet."""
+        return self._nets.get(network)
 
     def put(self, entry: Entry) -> Entry | None:
         """Store ``entry`` in its slot unconditionally; return what was there."""

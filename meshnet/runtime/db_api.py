@@ -11,6 +11,9 @@ Routes (path segments are percent-decoded; the global network ``""`` is spelled 
     GET    /v1/db/NET/TABLE[?deleted=1&hidden=1] list: key, value, owner, ltime, deleted, hidden, seen_at
     GET    /v1/db/NET/TABLE/KEY[?hidden=1]       one live entry
     PUT    /v1/db/NET/TABLE/KEY[?mode=create|update]   body {"value": TEXT} or {"value_b64": BASE64}
+    POST   /v1/db/NET/TABLE                      batch put, all or nothing: body {"entries": [{"key": KEY,
+                                                 "value": TEXT | "value_b64": BASE64}, ...]} (at most
+                                                 MAX_BATCH); answers {"written": N, "ltimes": [...]}
     DELETE /v1/db/NET/TABLE/KEY                  write a tombstone
 
 ``GET /v1/db/NET/TABLE/`` (trailing slash) also lists, for a table named ``peers`` or a network named
@@ -43,13 +46,15 @@ from meshnet.core.errors import ApiError, LocalProtocolError
 from meshnet.networkdb import GLOBAL_NETWORK, Entry
 from meshnet.runtime.db import StateWriteError
 
-__all__ = ["handle", "GLOBAL_SPELLING", "JOIN_WAIT_MAX", "entry_json"]
+__all__ = ["handle", "GLOBAL_SPELLING", "JOIN_WAIT_MAX", "MAX_BATCH", "entry_json"]
 
 #: How the global network ``""`` is written in URLs and on the command line.
 GLOBAL_SPELLING = "-"
 #: An API join waits at most this long for the join sync (the CLI's own timeout is 30 s).
 JOIN_WAIT_MAX = 20.0
 _MODES = ("put", "create", "update")
+#: Entries in one batch put.
+MAX_BATCH = 1000
 
 
 def _network(segment: str) -> str:
@@ -153,7 +158,11 @@ async def handle(node: Any, request: Any) -> Any:
         return _method_not_allowed(request.path, "GET, POST, DELETE")
     if n == 2 and segs[1] == "peers":
         return _only(method, "GET", request) or _peers(node, db, _network(segs[0]))
+    if n == 2 and method == "POST":
+        return await _put_batch(node, db, _network(segs[0]), segs[1], request.body)
     if n == 2 or (n == 3 and segs[2] == ""):
+        if n == 2 and method not in ("GET", "POST"):
+            return _method_not_allowed(request.path, "GET, POST")
         return _only(method, "GET", request) or _list(db, _network(segs[0]), segs[1], query)
     if n == 3:
         net, table, key = _network(segs[0]), segs[1], segs[2]
@@ -308,11 +317,15 @@ def _value_from_body(body: bytes) -> bytes:
         obj = json.loads(body) if body.strip() else None
     except ValueError as exc:
         raise ApiError(400, "bad_request", f"body is not JSON: {exc}") from None
+    return _value_from_obj(obj)
+
+
+def _value_from_obj(obj: Any, extra: frozenset[str] = frozenset()) -> bytes:
     if not isinstance(obj, dict):
         raise ApiError(
             400, "bad_request", 'body must be a JSON object: {"value": TEXT} or {"value_b64": BASE64}'
         )
-    unknown = sorted(set(obj) - {"value", "value_b64"})
+    unknown = sorted(set(obj) - {"value", "value_b64"} - extra)
     if unknown:
         raise ApiError(400, "bad_request", f"unknown body field {unknown[0]!r}; use value or value_b64")
     if ("value" in obj) == ("value_b64" in obj):
@@ -367,6 +380,44 @@ async def _put(node: Any, db: Any, net: str, table: str, key: str, query: dict[s
     if node.fatal is not None:
         raise ApiError(503, "stopped", f"the agent is stopping: {node.fatal}")
     return await _durable(node, db, e)
+
+
+async def _put_batch(node: Any, db: Any, net: str, table: str, body: bytes) -> Any:
+    """Several puts of one table in one core input and one durable journal wait (all or nothing)."""
+    _writable(node)
+    try:
+        obj = json.loads(body) if body.strip() else None
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", f"body is not JSON: {exc}") from None
+    if not isinstance(obj, dict) or set(obj) != {"entries"} or not isinstance(obj["entries"], list):
+        raise ApiError(400, "bad_request", 'body must be {"entries": [{"key": KEY, "value": TEXT}, ...]}')
+    raw = obj["entries"]
+    if not 1 <= len(raw) <= MAX_BATCH:
+        raise ApiError(400, "bad_request", f"a batch holds 1..{MAX_BATCH} entries, got {len(raw)}")
+    items: list[tuple[str, bytes]] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+            raise ApiError(400, "bad_request", f"entries[{i}]: expected an object with a string key")
+        items.append((item["key"], _value_from_obj(item, frozenset({"key"}))))
+    _require_joined(db, net)
+    core = db.core
+    try:
+        written = node.db_input(lambda now: core.put_entries(table, net, items, now=now))
+    except LocalProtocolError as exc:
+        if any(len(v) > core.config.max_value_bytes for _, v in items):
+            raise ApiError(413, "too_large", str(exc)) from None
+        raise ApiError(400, "invalid", str(exc)) from None
+    if node.fatal is not None:
+        raise ApiError(503, "stopped", f"the agent is stopping: {node.fatal}")
+    try:
+        await db.wait_durable(db.journal_seq)
+    except StateWriteError as exc:
+        raise ApiError(
+            503,
+            "not_persisted",
+            f"applied and sent, but not yet in the state directory ({exc}); the agent keeps retrying",
+        ) from None
+    return _response(200, {"written": len(written), "ltimes": [e.ltime for e in written]})
 
 
 async def _delete(node: Any, db: Any, net: str, table: str, key: str) -> Any:

@@ -129,6 +129,26 @@ async def test_writes_answer_only_once_durable_and_modes(tmp_path):
         nursery.cancel_scope.cancel()
 
 
+async def test_batch_put_writes_every_entry_once_durable(tmp_path):
+    async with trio.open_nursery() as nursery:
+        cluster, a, b = await two_nodes(nursery, tmp_path)
+        items = [{"key": f"k{i}", "value": f"v{i}"} for i in range(5)] + [{"key": "bin", "value_b64": "AP8="}]
+        status, body = await api_request(a, "POST", "/v1/db/-/t", {"entries": items})
+        assert status == 200 and body["written"] == 6
+        assert body["ltimes"] == sorted(body["ltimes"]) and len(set(body["ltimes"])) == 6
+        with open(os.path.join(cluster.state_dir("a"), "entries.log"), "rb") as fh:
+            log = fh.read()
+        assert all(f'"k":"k{i}"'.encode() in log for i in range(5))
+        status, e = await api_request(a, "GET", "/v1/db/-/t/bin")
+        assert e["value_b64"] == "AP8=" and e["owner"] == "a"
+
+        async def at_b() -> int:
+            return len((await api_request(b, "GET", "/v1/db/-/t"))[1]["entries"])
+
+        await wait_until_async(at_b, 6, "the batch at b")
+        nursery.cancel_scope.cancel()
+
+
 BAD = [
     ("PUT", "/v1/db/-/t/k", b"not json", 400, "bad_request"),
     ("PUT", "/v1/db/-/t/k", b"[1]", 400, "bad_request"),
@@ -147,6 +167,34 @@ BAD = [
     ("DELETE", "/v1/db/networks/never", b"", 404, "not_joined"),
     ("GET", "/v1/db/-/t?deleted=maybe", b"", 400, "bad_request"),
     ("GET", "/v1/db/-/t/%ff", b"", 400, "bad_request"),
+    ("POST", "/v1/db/-/t", b'{"entries": []}', 400, "bad_request"),
+    ("POST", "/v1/db/-/t", b'{"entries": [{"key": "a", "value": "1"}], "x": 1}', 400, "bad_request"),
+    ("POST", "/v1/db/-/t", b'{"entries": [{"value": "1"}]}', 400, "bad_request"),
+    ("POST", "/v1/db/-/t", b'{"entries": [{"key": "a", "value": "1", "owner": "b"}]}', 400, "bad_request"),
+    # all or nothing: a later bad item (a repeated key, an empty key, a value over the limit) writes none
+    (
+        "POST",
+        "/v1/db/-/t",
+        b'{"entries": [{"key": "a", "value": "1"}, {"key": "a", "value": "2"}]}',
+        400,
+        "invalid",
+    ),
+    (
+        "POST",
+        "/v1/db/-/t",
+        b'{"entries": [{"key": "a", "value": "1"}, {"key": "", "value": "2"}]}',
+        400,
+        "invalid",
+    ),
+    (
+        "POST",
+        "/v1/db/-/t",
+        json.dumps({"entries": [{"key": "a", "value": "1"}, {"key": "b", "value": "x" * 70000}]}).encode(),
+        413,
+        "too_large",
+    ),
+    ("POST", "/v1/db/ov/t", b'{"entries": [{"key": "a", "value": "1"}]}', 404, "not_joined"),
+    ("PUT", "/v1/db/-/t", b"", 405, "method_not_allowed"),
     ("GET", "/v1/db/a/b/c/d", b"", 404, "not_found"),
     ("POST", "/v1/db/-/t/k", b"", 405, "method_not_allowed"),
     ("PUT", "/v1/db/stats", b"", 405, "method_not_allowed"),

@@ -551,3 +551,16 @@ class TestThroughputPaths:
         small.messages_to_send()
         small.handle_timer(now=small.next_deadline())
         assert len(small.messages_to_send()) == 1
+
+    def test_put_entries_is_all_or_nothing(self):
+        db = mk(join_global=False, max_table_entries=3)
+        db.join_network("n", now=0.0)
+        drain(db)
+        got = db.put_entries("t", "n", [("a", b"1"), ("b", b"2")], now=0.0)
+        assert [(e.key, e.owner) for e in got] == [("a", "a"), ("b", "a")] and got[0].ltime < got[1].ltime
+        before = db.walk_table("t", "n")
+        for bad in ([("c", b"3"), ("c", b"4")], [("c", b"3"), ("", b"4")], [("c", b"3"), ("d", b"4")]):
+            with pytest.raises(LocalProtocolError):
+                db.put_entries("t", "n", bad, now=0.0)
+            assert db.walk_table("t", "n") == before
+        assert [e.key for e in db.put_entries("t", "n", [("a", b"9"), ("c", b"3")], now=0.0)] == ["a", "c"]
