@@ -476,6 +476,7 @@ class IpamService(BaseService):
             self.store = self._store_class(os.path.join(state_dir, "ipam"))
             records = self.store.load()
         core = None
+        retired = False
         if records:
             try:
                 core = Ipam.restore(self.config, records, rng=rng, now=now)
@@ -485,7 +486,7 @@ class IpamService(BaseService):
                 assert self.store is not None
                 aside = self.store.move_aside()
                 log.warning("IPAM state not resumed (%s); moved to %s, starting a new identity", exc, aside)
-                records = {}
+                records, retired = {}, True
         if core is not None:
             if core.name != node.name:
                 raise ConfigError(
@@ -499,7 +500,9 @@ class IpamService(BaseService):
             )
         else:
             cid = db.core.cluster_id
-            self._founder = not node.seeds and bool(cid)
+            # Founder: no --join and no IPAM history here. A retired identity's successor is not one even
+            # without --join: the cluster (and its VNI space) exists already.
+            self._founder = not node.seeds and bool(cid) and not retired
             core = Ipam.fresh(
                 self.config,
                 host=node.name,
