@@ -154,3 +154,37 @@ def test_a_failing_up_removes_what_it_created(tmp_path: Path) -> None:
         assert not h.run_dir.exists()
     finally:
         h.down()
+
+
+def test_containers_reach_each_other_and_down_removes_the_agents_namespaces(tmp_path: Path) -> None:
+    """With the kernel dataplane: containers on two hosts ping each other over the overlay through ``exec``;
+    then, with the bookkeeping lost, ``down`` still removes the namespaces the agents created (overlay and
+    sandbox namespaces, their /etc/netns files)."""
+    h = Harness(prefix="tnc-", run_dir=tmp_path / "run", die_with_parent=True, dataplane="kernel")
+    h.down()
+    try:
+        h.up(2)
+        a = h.container("a", host="h1", network="n1")
+        b = h.container("b", host=2, network="n1")
+        assert (a["netns"], b["netns"]) == ("tnc-h1-sb-a", "tnc-h2-sb-b")
+        assert a["ip"] and b["ip"] and a["ip"] != b["ip"]
+        with pytest.raises(HarnessError, match="exists"):
+            h.container("a", host="h2", network="n1")
+        # Bounded: the overlay answers once each host programmed the other's endpoint (about a second).
+        wait_until(
+            lambda: h.exec("b", ["ping", "-c", "1", "-W", "1", a["ip"]]).returncode == 0,
+            30,
+            "b to reach a over the overlay",
+            interval=0.2,
+        )
+        assert h.exec("a", ["ping", "-c", "1", "-W", "2", b["ip"]]).returncode == 0
+        created = _ours("tnc-")
+        assert "tnc-h1-sb-a" in created and any(n.startswith("tnc-h2-ov-") for n in created)
+        pids = [(rec["pid"], rec["start"]) for rec in h.state()["hosts"].values()]
+        h.state_path.unlink()
+        h.down()
+        _assert_clean(h, pids)
+        etc = Path("/etc/netns")
+        assert not (etc.is_dir() and [n for n in os.listdir(etc) if n.startswith("tnc-")])
+    finally:
+        h.down()
