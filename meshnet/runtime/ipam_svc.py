@@ -636,11 +636,11 @@ class IpamService(BaseService):
         self, network_id: str, *, subnets: Sequence[str | SubnetConfig] = (), ipv6: bool = False
     ) -> NetConfig:
         """Create a network: its VNI and subnets (a pool subnet if none are given); this node then
-        owns every block. Joins the network's NetworkDB network first."""
+        owns every block. The network's NetworkDB network is joined before its first record is written
+        (``_emit``), i.e. only once the core accepted the id."""
         subs = list(subnets) or None
         if ipv6 and not any(":" in (s.subnet if isinstance(s, SubnetConfig) else s) for s in subs or ()):
             raise LocalProtocolError("an IPv6 network needs an IPv6 subnet (there is no IPv6 pool)")
-        await self._join(network_id, wait=False)
         ev = await self._run_op(lambda now: self.core.create_network(network_id, subnets=subs, now=now))
         assert isinstance(ev, NetworkCreated)
         return ev.netcfg

@@ -275,6 +275,9 @@ async def test_api_routes_and_errors(tmp_path: Path):
             sock, "POST", "/v1/ipam/networks", {"id": NET, "subnets": ["10.9.0.0/28"]}
         )
         assert status == 201 and body["subnets"][0]["gateway"] == "10.9.0.1" and body["vni"] >= 4096
+        status, body = await api_request(sock, "POST", "/v1/ipam/networks", {"id": "bad@id"})
+        assert (status, body["code"]) == (400, "invalid")
+        assert "bad@id" not in c.nodes["a"].db.core.networks()  # refused before anything was joined
         status, body = await api_request(sock, "GET", f"/v1/ipam/networks/{NET}")
         assert status == 200 and body["network"] == NET
         addrs = []
