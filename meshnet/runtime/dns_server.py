@@ -15,9 +15,12 @@ bytes and time:
   ``ECONNREFUSED`` and is reported to the resolver at once (``upstream_failed``), so a dead server
   costs nothing while another answers. A UDP reply with TC comes back from the resolver as a TCP
   ``Forward`` and is asked again over TCP (RFC 7766 framing).
+  The UDP upstream sockets are sent on at once and read by one task through an epoll set of their
+  own (no task per forward); they are closed when the resolver reports the forward complete (an
+  answer, every upstream failed, or the deadline). TCP exchanges are one task each, bounded by their
+  forward's deadline plus ``_GRACE``.
 - **Time.** ``now`` is ``trio.current_time()``; one timer per server fires ``handle_timer`` at the
-  resolver's next forward deadline (SERVFAIL to clients whose upstreams all stayed silent). Every
-  upstream task is also bounded by its forward's deadline plus ``_GRACE``.
+  resolver's next forward deadline (SERVFAIL to clients whose upstreams all stayed silent).
 - **TCP clients.** At most ``max_tcp_clients`` connections at once (more are closed at once and
   counted); each may send several queries (pipelining, RFC 7766 6.2.1.1); replies are written under a
   per-connection lock; a connection idle for ``tcp_idle_timeout`` seconds is closed.
@@ -27,12 +30,14 @@ bytes and time:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import ipaddress
 import logging
 import math
 import os
+import select
 import socket
 import struct
 import threading
@@ -162,7 +167,12 @@ class ResolverServer:
         }
         self._udp: Any = None
         self._nursery: trio.Nursery | None = None
-        self._forwards: dict[int, list[trio.CancelScope]] = {}
+        self._forwards: dict[int, list[trio.CancelScope]] = {}  # TCP exchanges of a forward
+        self._epoll: select.epoll | None = None
+        self._up_socks: dict[
+            int, tuple[socket.socket, int, Upstream]
+        ] = {}  # fd -> (socket, forward, upstream)
+        self._fwd_fds: dict[int, list[int]] = {}  # forward -> its UDP upstream sockets' fds
         self._timer_scope: trio.CancelScope | None = None
         self._tcp_clients = 0
 
@@ -176,15 +186,20 @@ class ResolverServer:
         tcp = trio.socket.from_stdlib_socket(tcp_raw)
         self._udp = udp
         self.bound = udp.getsockname()[:2]
+        self._epoll = select.epoll()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._timer_loop)
                 nursery.start_soon(self._udp_loop, udp)
                 nursery.start_soon(self._tcp_accept_loop, tcp)
+                nursery.start_soon(self._upstream_loop, self._epoll)
                 task_status.started(self.bound)
         finally:
             self._nursery = None
+            for fd in list(self._up_socks):
+                self._close_upstream(fd)
+            self._epoll.close()
             udp.close()
             tcp.close()
 
@@ -212,6 +227,8 @@ class ResolverServer:
         if reply.completes is not None:
             for scope in self._forwards.pop(reply.completes, ()):
                 scope.cancel()
+            for fd in self._fwd_fds.pop(reply.completes, ()):
+                self._close_upstream(fd)
         if reply.transport is Transport.UDP:
             try:
                 self._udp_raw_send(reply.data, reply.client)
@@ -231,12 +248,53 @@ class ResolverServer:
     def _forward(self, fwd: Forward) -> None:
         if self._nursery is None:
             return
-        scopes = self._forwards.setdefault(fwd.query_id, [])
+        if fwd.transport is Transport.TCP:
+            scopes = self._forwards.setdefault(fwd.query_id, [])
+            for upstream in fwd.upstreams:
+                scope = trio.CancelScope(deadline=fwd.deadline_at + _GRACE)
+                scopes.append(scope)
+                self._nursery.start_soon(self._ask_tcp, fwd, upstream, scope)
+            return
+        # UDP: one fresh connected socket per upstream (a random source port per query; an ICMP
+        # port-unreachable fails the upstream at once), sent right here; replies are read by
+        # ``_upstream_loop`` through one epoll set, so a forward costs no task.
+        assert self._epoll is not None
+        failed = []
+        fds = self._fwd_fds.setdefault(fwd.query_id, [])
         for upstream in fwd.upstreams:
-            scope = trio.CancelScope(deadline=fwd.deadline_at + _GRACE)
-            scopes.append(scope)
-            ask = self._ask_udp if fwd.transport is Transport.UDP else self._ask_tcp
-            self._nursery.start_soon(ask, fwd, upstream, scope)
+            try:
+                sock = socket.socket(
+                    _family(upstream.address), socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+                )
+            except OSError:
+                self.stats["upstream_socket_errors"] += 1
+                failed.append(upstream)
+                continue
+            self.stats["upstream_sockets"] += 1
+            try:
+                sock.connect((upstream.address, upstream.port))
+                sock.send(fwd.data)
+            except OSError:
+                sock.close()
+                failed.append(upstream)
+                continue
+            fd = sock.fileno()
+            self._up_socks[fd] = (sock, fwd.query_id, upstream)
+            self._epoll.register(fd, select.EPOLLIN)
+            fds.append(fd)
+        # Failures are reported after every socket is registered: the last one may end the forward,
+        # and its ``completes`` then closes them all.
+        for upstream in failed:
+            self._feed(lambda now, u=upstream: self.resolver.upstream_failed(fwd.query_id, u, now=now))
+
+    def _close_upstream(self, fd: int) -> None:
+        entry = self._up_socks.pop(fd, None)
+        if entry is None:
+            return
+        if self._epoll is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(fd)
+        entry[0].close()
 
     def _feed(self, call: Callable[[float], Any]) -> None:
         try:
@@ -361,28 +419,30 @@ class ResolverServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self.stats["tcp_errors"] += 1
 
-    async def _ask_udp(self, fwd: Forward, upstream: Upstream, scope: trio.CancelScope) -> None:
-        with scope:
-            try:
-                sock = trio.socket.socket(_family(upstream.address), socket.SOCK_DGRAM)
-            except OSError:
-                self.stats["upstream_socket_errors"] += 1
-                self._feed(lambda now: self.resolver.upstream_failed(fwd.query_id, upstream, now=now))
-                return
-            self.stats["upstream_sockets"] += 1
-            with sock:
-                try:
-                    await sock.connect((upstream.address, upstream.port))
-                    await sock.send(fwd.data)
-                    while True:
-                        data = await sock.recv(65535)
+    async def _upstream_loop(self, epoll: select.epoll) -> None:
+        """Read the replies of every forward's UDP upstream sockets (one wait for all of them)."""
+        stats = self.stats
+        while True:
+            await trio.lowlevel.wait_readable(epoll.fileno())
+            for fd, _events in epoll.poll(0, 256):
+                while fd in self._up_socks:
+                    sock, query_id, upstream = self._up_socks[fd]
+                    try:
+                        data = sock.recv(65535)
+                    except BlockingIOError:
+                        break
+                    except OSError:  # ECONNREFUSED (ICMP port unreachable) and the like
+                        stats["upstream_socket_errors"] += 1
+                        self._close_upstream(fd)
                         self._feed(
-                            lambda now, d=data: self.resolver.receive_upstream(
-                                upstream, d, transport=Transport.UDP, now=now
-                            )
+                            lambda now, q=query_id, u=upstream: self.resolver.upstream_failed(q, u, now=now)
                         )
-                except OSError:
-                    self._feed(lambda now: self.resolver.upstream_failed(fwd.query_id, upstream, now=now))
+                        break
+                    self._feed(
+                        lambda now, u=upstream, d=data: self.resolver.receive_upstream(
+                            u, d, transport=Transport.UDP, now=now
+                        )
+                    )
 
     async def _ask_tcp(self, fwd: Forward, upstream: Upstream, scope: trio.CancelScope) -> None:
         with scope:

@@ -117,3 +117,57 @@ async def test_a_failed_task_host_hides_its_tasks_not_the_service(nursery, tmp_p
     from meshnet.dns.names import A
 
     assert d3.table.resolve("api", A, (NET,)).status is Status.NODATA  # the name exists: no NXDOMAIN
+
+
+async def test_a_refused_upstream_fails_at_once_and_the_live_one_answers(nursery):
+    """The server's UDP upstream sockets: an ICMP port-unreachable fails that upstream at once (no timeout),
+    the other upstream's answer wins; with only the dead one the client gets SERVFAIL without waiting."""
+    import socket as pysocket
+
+    import dns.message
+    import dns.rcode
+    import dns.rrset
+
+    from meshnet.dns import NameTable, Resolver, ResolverConfig
+    from meshnet.runtime.dns_server import ResolverServer
+    from meshnet.runtime.dns_svc import parse_upstream
+
+    live = trio.socket.socket(pysocket.AF_INET, pysocket.SOCK_DGRAM)
+    await live.bind(("127.66.5.3", 0))
+
+    async def answer_everything():
+        while True:
+            data, addr = await live.recvfrom(4096)
+            q = dns.message.from_wire(data)
+            r = dns.message.make_response(q)
+            r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", "192.0.2.99"))
+            await live.sendto(r.to_wire(), addr)
+
+    nursery.start_soon(answer_everything)
+    dead = "127.66.5.2:53"  # nothing listens: the kernel answers with port unreachable
+    config = ResolverConfig(forward_timeout=30.0)  # a timeout would hang the test: none may be needed
+    both = Resolver(
+        NameTable(),
+        config,
+        rng=random.Random(1),
+        upstreams=[parse_upstream(dead), parse_upstream(f"127.66.5.3:{live.getsockname()[1]}")],
+    )
+    only_dead = Resolver(NameTable(), config, rng=random.Random(2), upstreams=[parse_upstream(dead)])
+    servers = []
+    for i, resolver in enumerate((both, only_dead)):
+        server = ResolverServer(resolver, netns=None, address=(f"127.66.5.{10 + i}", 0))
+        await nursery.start(server.run)
+        servers.append(server)
+    client = trio.socket.socket(pysocket.AF_INET, pysocket.SOCK_DGRAM)
+    with trio.fail_after(10):
+        await client.sendto(dns.message.make_query("ext.example.test", "A").to_wire(), servers[0].bound)
+        reply = dns.message.from_wire(await client.recv(4096))
+        assert reply.rcode() == dns.rcode.NOERROR and reply.answer[0][0].address == "192.0.2.99"
+        await client.sendto(dns.message.make_query("ext.example.test", "A").to_wire(), servers[1].bound)
+        reply = dns.message.from_wire(await client.recv(4096))
+        assert reply.rcode() == dns.rcode.SERVFAIL
+    assert only_dead.stats.upstream_failures == 1 and only_dead.stats.forward_timeouts == 0
+    assert both.stats.forward_answered == 1
+    with trio.fail_after(5):
+        while servers[0]._up_socks or servers[1]._up_socks:  # every upstream socket is closed again
+            await trio.sleep(0.01)
