@@ -317,7 +317,24 @@ class Controller:
                 return candidate
 
     def _op(self, kind: str, steps: list[Step], result: Callable[[Mapping[str, Any]], Any]) -> Operation:
-        return Operation(kind, tuple(steps), result, self._mirror)
+        """The operation; its rollback ends, once every step's own undo ran (so the state is as before),
+        with ``sandboxes.json`` written again (if a step changed sandboxes) and one ``Reconcile`` of every
+        namespace a step reconciled: the dataplane depends on the sandboxes and on the endpoint records
+        alike (an address claimed by a local endpoint hides a stale remote record), so it is re-derived
+        from the fully reverted state, never from a half-reverted one."""
+        namespaces: dict[str, None] = {}
+        sandboxes = False
+        for step in steps:
+            if isinstance(step.do, Reconcile):
+                namespaces.update(dict.fromkeys(step.do.namespaces))
+            if isinstance(step.do, Local) and step.do.what.startswith("sandbox"):
+                sandboxes = True
+        final: list[Any] = []
+        if sandboxes:
+            final.append(self._persist())
+        if namespaces:
+            final.append(Reconcile(tuple(namespaces)))
+        return Operation(kind, tuple(steps), result, self._mirror, tuple(final))
 
     def _persist(self) -> Callable[[Mapping[str, Any]], PersistSandboxes]:
         return lambda ctx: PersistSandboxes(self.sandboxes_json())
@@ -326,16 +343,16 @@ class Controller:
         def fn() -> None:
             self._sandboxes[sb.id] = sb
 
-        return Local(f"set sandbox {sb.name}", fn)
+        return Local(f"sandbox {sb.name}: set", fn)
 
     def _drop_sandbox(self, sandbox_id: str) -> Local:
-        return Local(f"drop sandbox {sandbox_id}", lambda: self._sandboxes.pop(sandbox_id, None))
+        return Local(f"sandbox {sandbox_id}: drop", lambda: self._sandboxes.pop(sandbox_id, None))
 
     def _update_sandbox(self, sandbox_id: str, change: Callable[[Sandbox], Sandbox], what: str) -> Local:
         def fn() -> None:
             self._sandboxes[sandbox_id] = change(self._sandboxes[sandbox_id])
 
-        return Local(what, fn)
+        return Local(f"sandbox {sandbox_id}: {what}", fn)
 
     def _ov_netns(self, network_id: str) -> tuple[str, ...]:
         net = self._networks.get(network_id)
@@ -704,9 +721,7 @@ class Controller:
     def _sandbox_create_steps(self, sb: Sandbox) -> list[Step]:
         reconcile = Reconcile((sb.netns,))
         steps = [
-            Step(
-                "sandbox_add", self._set_sandbox(sb), (self._drop_sandbox(sb.id), self._persist(), reconcile)
-            ),
+            Step("sandbox_add", self._set_sandbox(sb), (self._drop_sandbox(sb.id),)),
             Step("sandbox_persist", self._persist()),
         ]
         if sb.managed:
@@ -740,7 +755,7 @@ class Controller:
             Step(
                 "sandbox_drop",
                 self._drop_sandbox(sb.id),
-                (self._set_sandbox(emptied), self._persist(), reconcile),
+                (self._set_sandbox(emptied),),
             ),
             Step("sandbox_persist", self._persist()),
         ]
@@ -778,11 +793,7 @@ class Controller:
                 self._update_sandbox(
                     sandbox_id, lambda s: s.joined(ep_id, ifname), f"join {ep_id} as {ifname}"
                 ),
-                (
-                    self._update_sandbox(sandbox_id, lambda s: s.left(ep_id), f"unjoin {ep_id}"),
-                    self._persist(),
-                    reconcile,
-                ),
+                (self._update_sandbox(sandbox_id, lambda s: s.left(ep_id), f"unjoin {ep_id}"),),
             ),
             Step(f"{label}join_persist", self._persist()),
             Step(f"{label}join_reconcile", reconcile),
@@ -802,11 +813,7 @@ class Controller:
             Step(
                 f"{label}leave_local",
                 self._update_sandbox(sandbox_id, lambda s: s.left(ep_id), f"leave {ep_id}"),
-                (
-                    self._update_sandbox(sandbox_id, lambda s: s.joined(ep_id, ifname), f"rejoin {ep_id}"),
-                    self._persist(),
-                    reconcile,
-                ),
+                (self._update_sandbox(sandbox_id, lambda s: s.joined(ep_id, ifname), f"rejoin {ep_id}"),),
             ),
             Step(f"{label}leave_persist", self._persist()),
             Step(f"{label}leave_reconcile", reconcile),

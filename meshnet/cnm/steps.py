@@ -23,10 +23,11 @@ Rules:
 - Steps run in order; ``done(result)`` records the result under the step's name (later steps read it:
   an action may be a function of the results so far, resolved when the step is reached).
 - On the first failure the completed steps' undo actions run, last step first, each step's own undo
-  tuple in its order. A failed step itself is assumed to have had no effect: executors make their
-  actions atomic, except ``Reconcile``, whose partial effects the undo of the earlier local-state step
-  repairs (its undo reconciles again after the state is reverted). Undo actions are resolved when they
-  are reached, so they see the state as already reverted. An undo that fails is recorded in
+  tuple in its order, then the operation's ``final_undo`` (the controller puts ``sandboxes.json`` and
+  one ``Reconcile`` there, so the kernel is re-derived from the fully reverted state). A failed step
+  itself is assumed to have had no effect: executors make their actions atomic, except ``Reconcile``,
+  whose partial effects that final reconcile repairs. Undo actions are resolved when they are reached,
+  so they see the state as already reverted. An undo that fails is recorded in
   ``undo_errors`` and the rollback goes on: the runtime logs them; the slow reconcile repairs the
   dataplane.
 - A ``best_effort`` step (cleanup after the point of no return, e.g. leaving a NetworkDB network after
@@ -221,6 +222,8 @@ class Operation:
     result: Callable[[Mapping[str, Any]], Any] = field(default=lambda ctx: None, compare=False)
     #: Called with every external action the runtime reported done (the controller mirrors puts/deletes).
     on_done: Callable[[Action, Any], None] = field(default=lambda a, r: None, compare=False)
+    #: Run at the very end of every rollback, after all the steps' undos (e.g. one final reconcile).
+    final_undo: tuple[ActionLike, ...] = ()
 
     def start(self) -> Run:
         """A fresh run of this operation (module docstring)."""
@@ -336,6 +339,7 @@ class Run:
         self.error = error
         for i in reversed(self._done_steps):
             self._undo.extend(self.op.steps[i].undo)
+        self._undo.extend(self.op.final_undo)
 
     def _finish(self) -> None:
         self.finished = True
