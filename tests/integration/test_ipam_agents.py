@@ -302,6 +302,19 @@ def test_a_frozen_owner_blocks_nobody_with_free_space_and_its_space_is_unreachab
     assert err.value.status == 503 and err.value.code == "unreachable", err.value
     assert "i1" in err.value.message and "meshnetctl ipam reclaim i1" in err.value.message
     assert elapsed < ALLOCATION_BUDGET + 5.0, elapsed
+    # Dynamic allocations on c: from its own block, then by proxy from b's (b owns free space), and
+    # once both are full the only free space is a's: unreachable (not exhausted), in bounded time.
+    owners, last = set(), None
+    for i in range(40):
+        t0 = time.monotonic()
+        try:
+            owners.add(c.allocate(net, f"c-fill-{i}")["owner"])
+        except ctl.AgentError as exc:
+            last = exc
+            break
+    assert last is not None and last.code == "unreachable" and "i1" in last.message, last
+    assert time.monotonic() - t0 < ALLOCATION_BUDGET + 5.0
+    assert owners == {"i2", "i3"}, owners
     # The CLI shows a's blocks as failed.
     table = c.ctl("ipam", "ls", net).stdout
     assert any(line.split()[4:6] == ["i1", "failed"] for line in table.splitlines()[1:]), table
