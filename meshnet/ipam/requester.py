@@ -525,8 +525,8 @@ class RequesterRole:
         self._request_block(SpaceId(GLOBAL_SCOPE, VNI_SPACE), now)
 
     def _request_block(self: Any, sid: SpaceId, now: float, tries: int = 0) -> None:
-        if self._believed_blocks(sid) or not self._can_believe():
-            return
+        if self._believed_blocks(sid) or not self._can_believe() or sid in self._eager:
+            return  # (a request in flight is retried by the periodic work)
         sp = self._spaces.get(sid)
         if sp is None:
             return

@@ -671,17 +671,39 @@ _ForcedReclaimOfLiveNode = _focused(
 )
 
 
-def _must_fail(machine, *words):
-    with pytest.raises(AssertionError) as info:
-        run_state_machine_as_test(machine, settings=MUTATION)
-    text = str(info.value)
-    assert any(text.startswith(w) for w in words), text
+MUTANTS = [_NoEpochCheck, _NoWriteAhead, _NoReclaimAcks, _ForcedReclaimOfLiveNode]
+MUTANT_IDS = ["epoch-check", "write-ahead", "reclaim-acks", "force-on-live-node"]
+#: the controls run the focused machines this long with the check in place (more examples than any
+#: mutation needed to be caught, see test_mutation_is_caught's output)
+CONTROL = settings(MUTATION, max_examples=80)
 
 
-@pytest.mark.parametrize(
-    "machine",
-    [_NoEpochCheck, _NoWriteAhead, _NoReclaimAcks, _ForcedReclaimOfLiveNode],
-    ids=["epoch-check", "write-ahead", "reclaim-acks", "force-on-live-node"],
-)
+def _counting(machine, **attrs):
+    """``machine`` (with ``attrs`` overridden) and a list whose length is the number of examples run."""
+    runs: list[int] = []
+
+    def __init__(self):
+        runs.append(1)
+        machine.__init__(self)
+
+    return type(machine.__name__, (machine,), {"__init__": __init__, **attrs}), runs
+
+
+@pytest.mark.parametrize("machine", MUTANTS, ids=MUTANT_IDS)
 def test_mutation_is_caught(machine):
-    _must_fail(machine, "S1", "S2", "S3", "S6")
+    """S9: with one safety check removed, the focused machine finds an S1/S2/S3/S6 counterexample."""
+    counted, runs = _counting(machine)
+    with pytest.raises(AssertionError) as info:
+        run_state_machine_as_test(counted, settings=MUTATION)
+    text = str(info.value)
+    assert any(text.startswith(w) for w in ("S1", "S2", "S3", "S6")), text
+    print(f"{machine.__name__}: counterexample in example {len(runs)}: {text.splitlines()[0][:160]}")
+
+
+@pytest.mark.parametrize("machine", MUTANTS, ids=MUTANT_IDS)
+def test_focused_machine_without_mutation_is_safe(machine):
+    """The control of each mutation test: the same focused machine with the check in place finds
+    nothing, so what the mutation test catches is the removed check, not the machine."""
+    counted, runs = _counting(machine, config=CFG, force_reclaim_live=False)
+    run_state_machine_as_test(counted, settings=CONTROL)
+    assert len(runs) >= CONTROL.max_examples // 2

@@ -99,6 +99,8 @@ class Cluster:
         dup: float = 0.0,
         found: bool = True,
         cluster_id: str | None = None,
+        clusters: dict[str, str] | None = None,
+        netdb_checks_cluster: bool = True,
     ) -> None:
         if isinstance(hosts, int):
             hosts = [f"h{i}" for i in range(hosts)]
@@ -115,6 +117,11 @@ class Cluster:
         self.slots: dict[str, HostSlot] = {h: HostSlot(h) for h in hosts}
         self.names_used: set[str] = set()
         self.cluster_id = cluster_id if cluster_id is not None else f"cluster-{seed}"
+        #: host -> cluster id (``clusters`` overrides ``cluster_id`` per host: two founders, ...)
+        self.cluster_of = {h: (clusters or {}).get(h, self.cluster_id) for h in hosts}
+        #: NetworkDB refuses traffic between nodes of different cluster ids (tables, direct messages,
+        #: membership); False lets records leak across, to test IPAM's own defence
+        self.netdb_checks_cluster = netdb_checks_cluster
         #: identity -> host, for every identity ever started
         self.host_of: dict[str, str] = {}
         #: identity -> membership verdicts others hold about it are derived from slots; "left" ones here
@@ -129,8 +136,11 @@ class Cluster:
         self._summaries: dict[str, tuple[tuple[int, int], Any]] = {}
         self._synced: dict[tuple[Any, ...], int] = {}
         self._crash_now: list[str] = []
-        for i, h in enumerate(hosts):
-            self._start(h, founder=found and i == 0)
+        founders = {}
+        for h in hosts:  # the first host of each cluster id founds it
+            founders.setdefault(self.cluster_of[h], h)
+        for h in hosts:
+            self._start(h, founder=found and founders[self.cluster_of[h]] == h)
         for h in hosts:
             self._announce(h)
         self._schedule(self.now + sync_interval, "sync", ())
@@ -158,7 +168,13 @@ class Cluster:
         return self.slots[host].name
 
     def can_talk(self, a: str, b: str) -> bool:
-        return self.is_up(a) and self.is_up(b) and self.slots[a].group == self.slots[b].group
+        return self.is_up(a) and self.is_up(b) and self._same_side(a, b)
+
+    def _same_side(self, a: str, b: str) -> bool:
+        return self.slots[a].group == self.slots[b].group and self._same_cluster(a, b)
+
+    def _same_cluster(self, a: str, b: str) -> bool:
+        return not self.netdb_checks_cluster or self.cluster_of[a] == self.cluster_of[b]
 
     def trace(self, line: str) -> None:
         self._hash.update(f"{self.now:.6f} {line}\n".encode())
@@ -317,7 +333,7 @@ class Cluster:
     def linked(self, src: str, dst: str) -> bool:
         """Whether a packet already sent by ``src`` reaches ``dst`` now (the sender may have crashed
         since: what it sent still arrives; a partition cuts it)."""
-        return self.is_up(dst) and self.slots[src].group == self.slots[dst].group
+        return self.is_up(dst) and self._same_side(src, dst)
 
     def _do_msg(self, src: str, dst: str, dst_name: str, payload: bytes) -> None:
         if not self.linked(src, dst) or self.slots[dst].name != dst_name:
@@ -439,7 +455,7 @@ class Cluster:
             slot.destroyed = False
             slot.core = Ipam.fresh(
                 self.config, host=host, name=name, rng=rng, now=self.now,
-                cluster_id=self.cluster_id, founder=founder,
+                cluster_id=self.cluster_of[host], founder=founder,
             )  # fmt: skip
         slot.name = slot.core.name
         for net in slot.core.attached_networks():
@@ -476,7 +492,7 @@ class Cluster:
         self.trace(f"{slot.name} crash (lost {len(slot.inflight)} persists)")
         slot.core, slot.inflight = None, []
         for other in self.up:
-            if self.slots[other].group == slot.group:
+            if self._same_side(other, host):
                 self.ipam(other).node_failed(slot.name, now=self.now)
                 self.pump(other)
 
@@ -501,7 +517,7 @@ class Cluster:
         self.trace(f"partition {groups}")
         for a in self.up:
             for b in self.up:
-                if a != b and self.slots[a].group != self.slots[b].group:
+                if a != b and self.slots[a].group != self.slots[b].group and self._same_cluster(a, b):
                     self.ipam(a).node_failed(self.slots[b].name, now=self.now)
                     self.pump(a)
 

@@ -38,8 +38,10 @@ __all__ = ["Safety"]
 class Safety:
     """Checks S1-S7 over one ``Cluster`` (see the module docstring)."""
 
-    def __init__(self, c: Cluster, log: list[str] | None = None) -> None:
+    def __init__(self, c: Cluster, log: list[str] | None = None, hosts: list[str] | None = None) -> None:
         self.c = c
+        #: the hosts checked (one cluster of several sharing the harness); default all
+        self.hosts = sorted(hosts) if hosts is not None else c.hosts
         self.log = log if log is not None else []
         #: (identity, op) of static allocations (not subject to the dynamic-pick part of S5)
         self.static: set[tuple[str, int]] = set()
@@ -52,12 +54,16 @@ class Safety:
         self.retired_beliefs: dict[str, set[Any]] = {}
         #: network -> config, as first seen (a created network or a state directory's copy)
         self.netcfgs: dict[str, Any] = {}
+        self._chained = c.on_persist
         c.on_persist = self.on_persist
 
     # ------------------------------------------------------------------ history
 
     def on_persist(self, host: str, p: Persist) -> None:
         """Every durable decision: S3 history, and S1 at once (a transient double belief counts too)."""
+        self._chained(host, p)
+        if host not in self.hosts:
+            return
         c = self.c
         name = c.name(host)
         core = c.slots[host].core
@@ -81,7 +87,7 @@ class Safety:
         mine = set(s.believed()) if s is not None else set()
         if not mine:
             return
-        for h in c.hosts:
+        for h in self.hosts:
             if h == host:
                 continue
             other = c.summary(h)
@@ -93,6 +99,8 @@ class Safety:
     def drain(self) -> None:
         """Look at new events: NetworkCreated configs, dynamic picks (S5)."""
         for h, slot in sorted(self.c.slots.items()):
+            if h not in self.hosts:
+                continue
             evs = slot.events
             key = (h, slot.lives)
             for ev in evs[self.seen_events[key] :]:
@@ -112,7 +120,7 @@ class Safety:
     def check(self) -> None:
         self.drain()
         c = self.c
-        sums = {h: s for h in c.hosts if (s := c.summary(h)) is not None and s.identity is not None}
+        sums = {h: s for h in self.hosts if (s := c.summary(h)) is not None and s.identity is not None}
         believers = defaultdict(list)
         holders = defaultdict(set)
         for h, s in sums.items():
@@ -152,6 +160,8 @@ class Safety:
         assert not twice, f"S2: address held twice: {twice}"
         mem = defaultdict(list)
         for h in c.up:
+            if h not in self.hosts:
+                continue
             core = c.ipam(h)
             for key in core.believed():
                 mem[key].append(core.name)
@@ -180,7 +190,7 @@ class Safety:
     def owners(self, network: str) -> dict[tuple[SpaceId, int], list[str]]:
         """Durable believers of each block of ``network`` (scope), over all state directories."""
         out: dict[tuple[SpaceId, int], list[str]] = defaultdict(list)
-        for h in self.c.hosts:
+        for h in self.hosts:
             s = self.c.summary(h)
             if s is None or s.identity is None:
                 continue
