@@ -24,7 +24,8 @@ writes only when a ``Persist`` completes). It plays every layer below IPAM:
 A stateless restart gives the host a fresh identity (``<host>.<n>``; names are never reused). Time only
 moves in ``run_until``/``run_for``: deliveries, fsyncs, syncs and core deadlines run in time order (ties
 by a sequence number), so a run is a pure function of the seed; ``trace_hash()`` digests everything that
-happened (the determinism oracle).
+happened (events, lifecycle, delivered messages, table writes, completed persists: the determinism
+oracle).
 """
 
 from __future__ import annotations
@@ -317,6 +318,7 @@ class Cluster:
             return
         p = slot.inflight.pop(0)
         assert slot.disk is not None
+        self._hash.update(f"p {slot.name} {p.seq} {sorted(repr(k) for k, _ in p.records)}\n".encode())
         slot.disk_version += 1
         for key, value in p.records:
             if value is None:
@@ -380,6 +382,7 @@ class Cluster:
         if network not in slot.joined:
             self._join(host, network)
         self._version += 1
+        self._hash.update(f"w {slot.name} {table} {network} {key} {value!r}\n".encode())
         rec = Rec(value, slot.name, self._version)
         slot.replica[(table, network, key)] = rec
         slot.replica_version += 1
