@@ -637,7 +637,9 @@ def test_same_seed_same_trace_hashes():
                 if hasattr(self, "c"):
                     hashes.append(self.c.trace_hash())
 
-        run_state_machine_as_test(Recording, settings=settings(MAIN, derandomize=True, max_examples=8, database=None))
+        run_state_machine_as_test(
+            Recording, settings=settings(MAIN, derandomize=True, max_examples=8, database=None)
+        )
         return hashes
 
     first, second = run(), run()
