@@ -289,10 +289,12 @@ def run(args: argparse.Namespace, workdir: Path, procs: Processes) -> Figures:
 
     # 3. remote: static addresses in blocks the creator owns.
     theirs = [b for b in answers if b["owner"] == first.name and b["owner_state"] == "alive"]
+    subnet = ipaddress.ip_network(args.subnet)
+    reserved = {subnet.network_address, subnet.network_address + 1, subnet.broadcast_address}
     targets: list[str] = []
     for b in reversed(theirs):
-        lo = ipaddress.ip_address(b["first"])
-        targets += [str(lo + j) for j in range(2, 2 + min(args.count, 200))]
+        lo, hi = ipaddress.ip_address(b["first"]), ipaddress.ip_address(b["last"])
+        targets += [str(lo + j) for j in range(int(hi) - int(lo) + 1) if lo + j not in reserved]
         if len(targets) >= args.count:
             break
     targets = targets[: args.count]

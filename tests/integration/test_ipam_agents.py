@@ -379,3 +379,17 @@ def test_restart_with_state_resumes_at_once_and_reclaim_frees_a_killed_agents_sp
     # A reclaim of a live node is refused (exit 1).
     refused = a.ctl("ipam", "reclaim", "i3")
     assert refused.returncode == 1 and "reclaim_refused" in refused.stderr, refused.stderr
+
+
+def test_bench_ipam_smoke(tmp_path: Path):
+    """bench/ipam.py still runs end to end (2 agents + a joiner, a few allocations): benches must not rot."""
+    out = tmp_path / "ipam.json"
+    bench = Path(__file__).resolve().parents[2] / "bench" / "ipam.py"
+    argv = [sys.executable, str(bench), "--nodes", "2", "--count", "20", "--duration", "1", "--clients", "1"]
+    argv += ["--subnet", "10.27.0.0/20", "--base-ip", "127.0.14", "--json", str(out)]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=200, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stdout + run.stderr
+    fig = json.loads(out.read_text())
+    assert fig["local_in_agent_ms"]["n"] == 20 and fig["remote_in_agent_ms"]["n"] == 20, fig
+    assert not any(fig["failures"].values()) and not fig["notes"], fig
+    assert fig["throughput_per_host"]["mean"] > 0 and fig["first_alloc_s"] > 0
