@@ -451,7 +451,7 @@ class Controller:
             "encrypted",
             "driver",
         }
-        return self.create_network(**_fields(body, allowed, "network"), now=now)
+        return self.create_network(**_fields(body, allowed, "network", ("name",)), now=now)
 
     @staticmethod
     def _parse_subnets(subnet: object) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -651,7 +651,7 @@ class Controller:
     def create_endpoint_from(self, body: Mapping[str, Any]) -> Operation:
         """``create_endpoint`` from the API's JSON object; unknown fields are refused."""
         return self.create_endpoint(
-            **_fields(body, {"network", "name", "ip", "aliases", "service"}, "endpoint")
+            **_fields(body, {"network", "name", "ip", "aliases", "service"}, "endpoint", ("network", "name"))
         )
 
     def _local_endpoint(self, ref: str, network: str | None = None) -> EndpointRecord:
@@ -735,7 +735,7 @@ class Controller:
         return self._op("sandbox_create", self._sandbox_create_steps(sb), lambda ctx: self._sandboxes[sb.id])
 
     def create_sandbox_from(self, body: Mapping[str, Any], *, now: float) -> Operation:
-        return self.create_sandbox(**_fields(body, {"name", "netns"}, "sandbox"), now=now)
+        return self.create_sandbox(**_fields(body, {"name", "netns"}, "sandbox", ("name",)), now=now)
 
     def delete_sandbox(self, ref: str, *, delete_endpoints: bool = True) -> Operation:
         """``DELETE /v1/sandboxes/{id|name}``: leave every joined endpoint (last joined first), remove the
@@ -908,10 +908,13 @@ class Controller:
 
     def attach_from(self, body: Mapping[str, Any], *, now: float) -> Operation:
         allowed = {"network", "sandbox", "name", "ip", "aliases", "service"}
-        return self.attach(**_fields(body, allowed, "attach"), now=now)
+        return self.attach(**_fields(body, allowed, "attach", ("network", "sandbox")), now=now)
 
 
-def _fields(body: Mapping[str, Any], allowed: set[str], what: str) -> dict[str, Any]:
+def _fields(
+    body: Mapping[str, Any], allowed: set[str], what: str, required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``body`` as keyword arguments: refuses a non-object, unknown fields and missing required ones."""
     if not isinstance(body, Mapping):
         raise InvalidRequest(f"the {what} request must be a JSON object")
     unknown = sorted(set(body) - allowed)
@@ -919,4 +922,7 @@ def _fields(body: Mapping[str, Any], allowed: set[str], what: str) -> dict[str, 
         raise InvalidRequest(
             f"unknown field(s) {', '.join(unknown)} in the {what} request (known: {', '.join(sorted(allowed))})"
         )
+    missing = [k for k in required if body.get(k) is None]
+    if missing:
+        raise InvalidRequest(f"the {what} request needs {', '.join(repr(k) for k in missing)}")
     return dict(body)

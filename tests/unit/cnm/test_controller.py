@@ -464,3 +464,17 @@ def test_the_dataplane_follows_join_and_leave():
     w.ok(w.ctl.join("c1", res.endpoint.id))
     assert "mn-ov-4097" in w.dp.namespaces()
     assert w.ctl.endpoint(res.endpoint.id) == replace(res.endpoint, sandbox=res.sandbox.id)
+
+
+def test_api_bodies_missing_required_fields_are_invalid_requests():
+    w, _ = setup_world()
+    with pytest.raises(InvalidRequest, match="the network request needs 'name'"):
+        w.ctl.create_network_from({}, now=1.0)
+    with pytest.raises(InvalidRequest, match="needs 'network', 'name'"):
+        w.ctl.create_endpoint_from({})
+    with pytest.raises(InvalidRequest, match="the sandbox request needs 'name'"):
+        w.ctl.create_sandbox_from({"netns": "/proc/1/ns/net"}, now=1.0)
+    with pytest.raises(InvalidRequest, match="needs 'sandbox'"):
+        w.ctl.attach_from({"network": "front"}, now=1.0)
+    with pytest.raises(InvalidRequest, match="must be a JSON object"):
+        w.ctl.attach_from(["x"], now=1.0)
