@@ -79,6 +79,7 @@ CONFIG_KEYS = {
     "log_level",
     "gossip",
     "networkdb",
+    "ipam",
     "dns",
 }
 PROG = "meshnet-agent"
