@@ -41,6 +41,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import re
 import socket
 import sys
 import tomllib
@@ -374,7 +375,6 @@ def _cnm_service(
 ) -> Any:
     """The CNM service: its dataplane (``NetlinkDataplane`` for kernel, ``MemoryDataplane`` for none), the
     VTEP address (``--data-addr``, default the advertise/bind IP) and the namespace prefix."""
-    from meshnet.runtime.cnm_model import valid_name
     from meshnet.runtime.cnm_svc import CnmService
 
     data_text = args.data_addr if args.data_addr is not None else file.get("data_addr")
@@ -391,7 +391,7 @@ def _cnm_service(
         raise ConfigError("the VTEP address cannot be unspecified; pass --data-addr IP")
     prefix = args.netns_prefix if args.netns_prefix is not None else file.get("netns_prefix", "mn-")
     prefix = _typed(where, "netns_prefix", prefix, str, "a string")
-    if not valid_name(prefix + "x") or len(prefix) > 16:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,15}", prefix):
         raise ConfigError(
             f"--netns-prefix {prefix!r} must be up to 16 letters, digits, '_', '.' or '-' (e.g. h1-)"
         )

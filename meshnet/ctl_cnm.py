@@ -65,7 +65,8 @@ def format_sandboxes(sandboxes: list[dict[str, Any]]) -> str:
     rows = [("ID", "NAME", "NETNS", "ENDPOINTS")]
     for s in sandboxes:
         eps = ", ".join(
-            f"{e['ifname']}={e['name']}@{e.get('network_name') or e['network'][:12]} {e.get('ipv4') or e.get('ipv6')}"
+            f"{e['ifname']}={e.get('name', e['id'][:12])}@{e.get('network_name') or e.get('network', '?')[:12]}"
+            f" {e.get('ipv4') or e.get('ipv6') or '-'}"
             for e in s.get("endpoints", [])
         )
         rows.append((s["id"][:12], s["name"], s["netns"], eps or "-"))

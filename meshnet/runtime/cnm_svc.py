@@ -1,42 +1,44 @@
-"""The ``cnm`` agent service: networks, endpoints and sandboxes, and the overlay reconcile loop.
+"""The ``cnm`` agent service: the CNM controller and the overlay reconciler driven by trio.
 
-Theory of operation (docs/agent-services.md is the contract; libnetwork.md 1.2-1.6 the ordering).
+Theory of operation (docs/agent-services.md is the contract). The decisions live in two pure cores:
+``meshnet.cnm.Controller`` (validation, lookups, operations as ordered steps with undo) and
+``meshnet.overlay`` (``desired(view)``, ``plan(desired, snapshot)``). This service feeds and executes them:
 
-*Tables.* Networks are ``NetworkRecord``s in the global NetworkDB table ``networks``; endpoints are
-``EndpointRecord``s in the table ``endpoint_table`` of the network's own NetworkDB network, written by the
-endpoint's host. The service watches both (hidden entries included: a crashed agent's containers keep
-working, so peers keep their FDB entries) and only *wakes* its task from the hooks; every read is a
-level-triggered walk of the tables, every write a ``node.db_input`` from a task (an API request or the
-loop). Sandboxes are local and live in ``STATE_DIR/sandboxes.json`` (``cnm_model``).
+*Tables.* Two NetworkDB watches, hidden entries included (a crashed agent's containers keep working, so
+peers keep their FDB entries): ``networks`` in the global network and every ``endpoint_table``. The hook
+``on_db_events`` mirrors each change into the controller (pure, synchronous: no input is fed back into
+the node) and wakes the reconcile loop. Writes are ``node.db_input`` calls from a task (an API request).
 
-*Operations* (``create_network`` ... ``attach``) run one at a time under one lock, as ordered steps
-(``_Steps``): each step that changes something registers its undo, and a failure at any step undoes the
-steps before it in reverse order, re-reconciles the kernel, and raises the step's error as an
-``ApiError``: nothing is left half-done. The order follows libnetwork: IPAM before the record that
-announces an address; the kernel (Join) before the record that makes peers program FDB entries for it;
-on the way out the record first. ``fail_step`` injects a failure at a named step (tests).
+*Operations.* One at a time under one lock: the controller validates a request against its state and
+returns an ``Operation``; ``_execute`` drives its ``Run``, carrying out each action (IPAM, NetworkDB,
+``sandboxes.json``, the dataplane) and reporting done/failed; on a failure the run yields the undo actions
+of the completed steps, last first, so nothing is left half-done, and the error becomes the API's
+``ApiError``. ``fail_step = "KIND:STEP"`` makes that step fail (tests); ``step_log`` lists the steps of
+the last operation.
 
-*Reconcile.* On every relevant table change, after every operation, and on a slow timer
-(``reconcile_interval``, drift repair within one period), the loop builds a ``HostView``, computes the
-desired state, observes the managed namespaces and applies the plan through the ``Dataplane`` in a
-worker thread (the dataplane blocks). A refused plan is re-observed and re-planned (ops are idempotent).
-After a restart with adopted sandboxes the view is *settling* (no FDB/neighbour entry is removed) until
-the agent joined the cluster and ``settle_delay`` passed (at most ``reconcile_interval`` + 30 s), so
-adoption never disturbs working connectivity.
+*Reconcile.* On every mirrored change, after every operation that asks for it, and on a slow timer
+(``reconcile_interval``: drift is repaired within one period), the loop turns the controller's
+``host_view()`` into a desired state, observes the namespaces in scope and applies the plan through the
+``Dataplane`` in a worker thread (the dataplane blocks); a refused plan is re-observed and re-planned.
+After a restart with adopted sandboxes the service is *settling* until it joined the cluster and
+``settle_delay`` passed (bounded by ``reconcile_interval`` + 30 s): the tables may not have synced yet,
+so only additive ops are applied (no ``Del*``), and adoption never disturbs working connectivity.
 
-*Read API for other services* (the DNS service):
+*NetworkDB networks.* ``AttachNetwork`` joins the network's NetworkDB network (and IPAM's attach) and
+waits up to ``sync_timeout`` for its sync. ``DetachNetwork`` leaves it only when IPAM says it no longer
+needs it (``ipam.needs_network(network)`` is False): IPAM keeps its block records in that network, and a
+leave would delete them cluster-wide.
 
-- ``sandboxes() -> tuple[SandboxInfo, ...]``: frozen values, sorted by name; each with ``netns`` (as ops
-  take it), ``netns_path`` (absolute) and its joined endpoints (``SandboxEndpoint``: id, name, network id
-  and name, ifname, MAC, ipv4/ipv6, aliases, service).
-- ``sandboxes_version``: an int that grows on every change of that tuple;
-  ``await wait_sandboxes_changed(version) -> int`` returns the new version once it differs from
-  ``version`` (at once if it already does).
+*Read API for other services* (the DNS service): ``local_sandboxes()`` (``SandboxRef``: id, name,
+``netns`` as an absolute path, joined endpoint ids in join order) and ``add_sandbox_listener(cb)``
+(called synchronously after every change of the local sandboxes; it must not raise or block);
+``sandboxes_version`` and ``await wait_sandboxes_changed(version)`` for trio tasks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import ipaddress
 import logging
@@ -44,36 +46,33 @@ import os
 import random
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from meshnet.cnm.records import (
-    TABLE_ENDPOINTS,
-    TABLE_NETWORKS,
-    EndpointRecord,
-    NetworkRecord,
-    SubnetRecord,
-    decode_endpoint,
-    decode_network,
-)
-from meshnet.core.errors import ApiError, ConfigError, DataplaneError, DecodeError
-from meshnet.dataplane import DelFdbEntry, DelNeighbour
+from meshnet.cnm import steps as st
+from meshnet.cnm.controller import CnmConfig, Controller
+from meshnet.cnm.errors import BadSandboxState, CnmError
+from meshnet.cnm.records import TABLE_ENDPOINTS, TABLE_NETWORKS, encode_endpoint, encode_network
+from meshnet.cnm.sandboxes import SANDBOXES_FILE, Sandbox, decode_sandboxes
+from meshnet.core.errors import ApiError, ConfigError, DataplaneError, LocalProtocolError
+from meshnet.dataplane import DelAddress, DelFdbEntry, DelLink, DelNeighbour, DelNetns
 from meshnet.gossip import events as gev
+from meshnet.ipam import IpamError
 from meshnet.networkdb import EntryCreated, EntryDeleted, EntryUpdated, NetworkSynced
-from meshnet.overlay import VXLAN_OVERHEAD, HostView, LocalSandbox, desired, is_managed_netns, plan
-from meshnet.runtime.cnm_model import SandboxEndpoint, SandboxInfo, load_sandboxes, save_sandboxes
-from meshnet.runtime.cnm_ops import CnmOperations
+from meshnet.overlay import desired, is_managed_netns, plan
 from meshnet.runtime.service import BaseService
 
-__all__ = ["CnmService", "SandboxInfo", "SandboxEndpoint", "SandboxRef", "underlay_mtu"]
+__all__ = ["CnmService", "SandboxRef", "InjectedFailure", "underlay_mtu"]
 
 log = logging.getLogger("meshnet.cnm")
 
 #: Attempts of one reconcile pass when the kernel refuses a plan (each re-observes and re-plans).
 RECONCILE_ATTEMPTS = 3
+_DELETES = (DelNetns, DelLink, DelAddress, DelFdbEntry, DelNeighbour)
 _SIOCGIFADDR = 0x8915
 _SIOCGIFMTU = 0x8921
 
@@ -86,6 +85,10 @@ class SandboxRef:
     name: str
     netns: str
     endpoints: tuple[str, ...]
+
+
+class InjectedFailure(Exception):
+    """The failure ``CnmService.fail_step`` injects (tests)."""
 
 
 def underlay_mtu(addr: str, default: int = 1500) -> int:
@@ -109,7 +112,33 @@ def underlay_mtu(addr: str, default: int = 1500) -> int:
     return default
 
 
-class CnmService(CnmOperations, BaseService):
+def netns_path(netns: str) -> str:
+    """An absolute path for a namespace as ops name it (a name under /run/netns, or a path)."""
+    return netns if netns.startswith("/") else f"/run/netns/{netns}"
+
+
+def api_error(exc: BaseException) -> ApiError | None:
+    """The API's answer for an operation's failure, or None for an unexpected one."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, CnmError):
+        return ApiError(exc.status, exc.code, str(exc))
+    if isinstance(exc, IpamError | LocalProtocolError):
+        try:
+            from meshnet.runtime.ipam_svc import ipam_api_error
+        except ImportError:  # pragma: no cover - the agent always has it
+            return ApiError(400, getattr(exc, "code", "invalid"), str(exc))
+        return ipam_api_error(exc)
+    if isinstance(exc, DataplaneError):
+        return ApiError(500, "dataplane", f"the kernel refused: {exc}; nothing was changed")
+    if isinstance(exc, InjectedFailure):
+        return ApiError(500, "injected", str(exc))
+    if isinstance(exc, OSError):
+        return ApiError(500, "io", f"{exc}; nothing was changed")
+    return None
+
+
+class CnmService(BaseService):
     """Networks, endpoints, sandboxes and the overlay of this host (module docstring)."""
 
     name = "cnm"
@@ -140,27 +169,27 @@ class CnmService(CnmOperations, BaseService):
         self.sync_timeout = sync_timeout
         self.settle_delay = settle_delay
         self.node: Any = None
+        self.ctl: Controller | None = None
         self.vtep = ""
-        self._sandboxes: dict[str, SandboxInfo] = {}
         self.sandboxes_version = 0
         self._changed = trio.Event()
+        self._listeners: list[Callable[[], None]] = []
         self._wake = trio.Event()
         self._lock = trio.Lock()
-        self._watches: set[Any] = set()
+        self._watches: dict[Any, str] = {}
         self._started_at = 0.0
         self._joined_at: float | None = None
         self._adopted = False
-        #: "op:step" at which the next operation fails (tests); ``step_log`` lists the steps run.
+        self._dropped: tuple[str, ...] = ()
+        #: "KIND:STEP" at which the next operation fails (tests); ``step_log`` lists the last one's steps.
         self.fail_step: str | None = None
         self.step_log: list[str] = []
         self.last_error: str | None = None
-        self._dropped: tuple[str, ...] = ()
-        self._listeners: list[Callable[[], None]] = []
         self.counters: dict[str, int] = {
             "reconciles": 0,
             "reconcile_errors": 0,
             "ops_applied": 0,
-            "bad_records": 0,
+            "dropped_records": 0,
             "operations": 0,
             "operations_failed": 0,
             "rollback_errors": 0,
@@ -172,34 +201,63 @@ class CnmService(CnmOperations, BaseService):
         self.node = node
         if self.ipam is None:
             self.ipam = next((s for s in node.services if getattr(s, "name", "") == "ipam"), None)
-        self.vtep = str(ipaddress.ip_address(self.data_addr or node.advertise_addr[0]))
         if self.state_dir is None:
             self.state_dir = node.db.settings.state_dir
-        try:
-            self._sandboxes = load_sandboxes(self.state_dir)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        self._adopted = any(sb.endpoints for sb in self._sandboxes.values())
+        self.vtep = str(ipaddress.ip_address(self.data_addr or node.advertise_addr[0]))
         if self._underlay_mtu is None:
             self._underlay_mtu = underlay_mtu(self.vtep)
+        sandboxes = self._load_sandboxes()
+        self._adopted = any(sb.interfaces for sb in sandboxes)
+        self.ctl = Controller(
+            CnmConfig(
+                host=node.name, vtep=self.vtep, netns_prefix=self.prefix, underlay_mtu=self._underlay_mtu
+            ),
+            rng=random.Random(self.rng.getrandbits(64)),
+            sandboxes=sandboxes,
+        )
         core = node.db.core
         self._watches = {
-            core.watch(table=TABLE_NETWORKS, network="", include_hidden=True),
-            core.watch(table=TABLE_ENDPOINTS, include_hidden=True),
+            core.watch(table=TABLE_NETWORKS, network="", include_hidden=True): TABLE_NETWORKS,
+            core.watch(table=TABLE_ENDPOINTS, include_hidden=True): TABLE_ENDPOINTS,
         }
         self._started_at = trio.current_time()
-        if self._sandboxes:
-            log.info("adopted %d sandboxes from %s", len(self._sandboxes), self.state_dir)
+        if sandboxes:
+            log.info("adopted %d sandboxes from %s", len(sandboxes), self.state_dir)
+
+    def _load_sandboxes(self) -> list[Sandbox]:
+        if self.state_dir is None:
+            return []
+        path = os.path.join(self.state_dir, SANDBOXES_FILE)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}; fix its permissions") from None
+        try:
+            return decode_sandboxes(data)
+        except BadSandboxState as exc:
+            raise ConfigError(
+                f"{path}: {exc}; fix or remove it (its containers are then forgotten)"
+            ) from None
 
     def on_db_events(self, events: list[Any], now: float) -> None:
+        assert self.ctl is not None
         for ev in events:
             kind = type(ev)
-            if kind in (EntryCreated, EntryUpdated, EntryDeleted) and ev.watch_id in self._watches:
+            if kind is EntryCreated or kind is EntryUpdated or kind is EntryDeleted:
+                table = self._watches.get(ev.watch_id)
+                if table is None:
+                    continue
+                value = None if kind is EntryDeleted else ev.value
+                if table == TABLE_NETWORKS:
+                    self.ctl.apply_network_entry(ev.key, value)
+                else:
+                    self.ctl.apply_endpoint_entry(ev.network, ev.key, value)
                 self._wake.set()
-                return
-            if kind is NetworkSynced:
+            elif kind is NetworkSynced:
                 self._wake.set()
-                return
 
     def on_member_event(self, event: Any, now: float) -> None:
         if self._joined_at is not None or not isinstance(event, gev.JoinCompleted | gev.MemberJoined):
@@ -220,29 +278,28 @@ class CnmService(CnmOperations, BaseService):
     def stats(self) -> dict[str, Any]:
         return {
             **self.counters,
-            "sandboxes": len(self._sandboxes),
+            **(self.ctl.stats() if self.ctl is not None else {}),
             "settling": self._settling(),
             "vtep": self.vtep,
             "last_error": self.last_error,
         }
 
+    async def handle_api(self, node: Any, request: Any) -> Any:
+        from meshnet.runtime import cnm_api
+
+        return await cnm_api.handle(self, request)
+
     # -- read API (DNS service) --
 
-    def sandboxes(self) -> tuple[SandboxInfo, ...]:
-        """Every local sandbox, sorted by name (frozen values)."""
-        return tuple(sorted(self._sandboxes.values(), key=lambda s: s.name))
-
     def local_sandboxes(self) -> tuple[SandboxRef, ...]:
-        """The sandboxes as the DNS service reads them: id, name, ``netns`` (the absolute path) and the
-        joined endpoint ids in join order."""
+        """The local sandboxes: id, name, absolute namespace path, joined endpoint ids in join order."""
+        assert self.ctl is not None
         return tuple(
-            SandboxRef(sb.id, sb.name, sb.netns_path, tuple(ep.id for ep in sb.endpoints))
-            for sb in self.sandboxes()
+            SandboxRef(sb.id, sb.name, netns_path(sb.netns), sb.endpoints()) for sb in self.ctl.sandboxes()
         )
 
     def add_sandbox_listener(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` synchronously after every change of the local sandboxes (it must not raise
-        or block)."""
+        """Call ``callback()`` synchronously after every change of the local sandboxes."""
         self._listeners.append(callback)
 
     async def wait_sandboxes_changed(self, version: int) -> int:
@@ -251,10 +308,7 @@ class CnmService(CnmOperations, BaseService):
             await self._changed.wait()
         return self.sandboxes_version
 
-    def _set_sandboxes(self, new: dict[str, SandboxInfo]) -> None:
-        """Save ``new`` to ``sandboxes.json``, then make it current (raises OSError, changing nothing)."""
-        save_sandboxes(self.state_dir, new.values())
-        self._sandboxes = new
+    def _sandboxes_changed(self) -> None:
         self.sandboxes_version += 1
         self._changed.set()
         self._changed = trio.Event()
@@ -264,112 +318,153 @@ class CnmService(CnmOperations, BaseService):
             except Exception:
                 log.exception("a sandbox listener raised (ignored)")
 
-    # -- reads of the tables --
+    # -- operations --
 
-    @property
-    def me(self) -> str:
-        return str(self.node.name)
-
-    def _core(self) -> Any:
-        return self.node.db.core
-
-    def networks(self) -> list[NetworkRecord]:
-        """Every network record this host sees (hidden ones included), sorted by (name, created, id)."""
-        out = []
-        for e in self._core().walk_table(TABLE_NETWORKS, "", include_hidden=True):
+    async def execute(self, make: Callable[[Controller], st.Operation]) -> Any:
+        """Build an operation from the controller (under the lock, so it validates against the state
+        its predecessors left) and carry it out; its result, or ``ApiError`` after a complete rollback."""
+        if self.ctl is None or self.node is None or self.node.db is None:
+            raise ApiError(503, "not_ready", "the agent is starting; try again")
+        async with self._lock:
+            if self.node.is_leaving:
+                raise ApiError(503, "leaving", "the agent is leaving the cluster; no more changes")
+            if self.node.fatal is not None:
+                raise ApiError(503, "stopped", f"the agent is stopping: {self.node.fatal}")
             try:
-                rec = decode_network(e.value)
-            except DecodeError:
-                self.counters["bad_records"] += 1
-                continue
-            if rec.id == e.key:
-                out.append(rec)
-            else:
-                self.counters["bad_records"] += 1
-        return sorted(out, key=lambda r: (r.name, r.created, r.id))
-
-    def endpoints(self, network: str | None = None) -> list[EndpointRecord]:
-        """Endpoint records of the joined networks (or of one), hidden ones included, sorted."""
-        core = self._core()
-        nets = [network] if network is not None else [n for n in core.networks() if n]
-        out = []
-        for net in nets:
-            if net not in core.networks():
-                continue
-            for e in core.walk_table(TABLE_ENDPOINTS, net, include_hidden=True):
+                op = make(self.ctl)
+            except CnmError as exc:
+                raise ApiError(exc.status, exc.code, str(exc)) from None
+            except TypeError as exc:  # a required field missing from the request body
+                raise ApiError(400, "invalid", f"bad request: {exc}") from None
+            self.counters["operations"] += 1
+            before = self.ctl.sandboxes()
+            op = self._with_injection(op)
+            run = op.start()
+            self.step_log = [f"{op.kind}:{name}" for name in op.step_names()]
+            while (action := run.next()) is not None:
                 try:
-                    rec = decode_endpoint(e.value)
-                except DecodeError:
-                    self.counters["bad_records"] += 1
-                    continue
-                if rec.id != e.key or rec.network != net:
-                    self.counters["bad_records"] += 1
-                    continue
-                out.append(rec)
-        return sorted(out, key=lambda r: (r.network, r.name, r.id))
+                    with trio.CancelScope(shield=run.undoing):
+                        result = await self._act(action)
+                except Exception as exc:
+                    run.failed(exc)
+                else:
+                    run.done(result)
+            for action, exc in run.undo_errors:
+                self.counters["rollback_errors"] += 1
+                log.warning("undo of %s failed during the rollback of %s: %s", action, op.kind, exc)
+            for action, exc in run.warnings:
+                log.info("%s: %s failed (best effort): %s", op.kind, type(action).__name__, exc)
+            if self.ctl.sandboxes() != before:
+                self._sandboxes_changed()
+            self._wake.set()
+            if run.error is not None:
+                self.counters["operations_failed"] += 1
+                err = api_error(run.error)
+                if err is None:
+                    raise run.error
+                raise err
+            return run.result
 
-    def network(self, ref: str) -> NetworkRecord:
-        """The network with id ``ref``, else the oldest named ``ref``; ApiError 404 if none."""
-        nets = self.networks()
-        for n in nets:
-            if n.id == ref:
-                return n
-        named = [n for n in nets if n.name == ref]
-        if not named:
-            raise ApiError(404, "not_found", f"no network {ref!r}; see meshnetctl network ls")
-        return min(named, key=lambda r: (r.created, r.id))
+    def _with_injection(self, op: st.Operation) -> st.Operation:
+        if self.fail_step is None or not self.fail_step.startswith(op.kind + ":"):
+            return op
+        name = self.fail_step.split(":", 1)[1]
 
-    def endpoint(self, ref: str) -> EndpointRecord:
-        """The endpoint with id ``ref``, else the one named ``ref`` (local ones first)."""
-        eps = self.endpoints()
-        for ep in eps:
-            if ep.id == ref:
-                return ep
-        named = [ep for ep in eps if ep.name == ref]
-        local = [ep for ep in named if ep.host == self.me]
-        pick = local or named
-        if not pick:
-            raise ApiError(404, "not_found", f"no endpoint {ref!r} in the networks this host has joined")
-        if len(pick) > 1:
-            raise ApiError(409, "ambiguous", f"{len(pick)} endpoints are named {ref!r}; give the endpoint id")
-        return pick[0]
+        def fail() -> None:
+            raise InjectedFailure(f"injected failure at {self.fail_step}")
 
-    def sandbox(self, ref: str) -> SandboxInfo:
-        for sb in self._sandboxes.values():
-            if sb.id == ref:
-                return sb
-        for sb in self._sandboxes.values():
-            if sb.name == ref:
-                return sb
-        raise ApiError(404, "not_found", f"no sandbox {ref!r} on this host; see meshnetctl sandbox ls")
+        steps = tuple(
+            dataclasses.replace(s, do=st.Local("injected", fail), best_effort=False) if s.name == name else s
+            for s in op.steps
+        )
+        return dataclasses.replace(op, steps=steps)
 
-    def _sandbox_named(self, name: str) -> SandboxInfo | None:
-        return next((sb for sb in self._sandboxes.values() if sb.name == name), None)
+    async def _act(self, action: Any) -> Any:
+        """Carry out one action of an operation (``meshnet.cnm.steps``)."""
+        ipam = self.ipam
+        if isinstance(action, st.PutNetwork):
+            return self._put(TABLE_NETWORKS, "", action.record.id, encode_network(action.record))
+        if isinstance(action, st.DeleteNetwork):
+            return self._delete(TABLE_NETWORKS, "", action.network)
+        if isinstance(action, st.PutEndpoint):
+            rec = action.record
+            return self._put(TABLE_ENDPOINTS, rec.network, rec.id, encode_endpoint(rec))
+        if isinstance(action, st.DeleteEndpoint):
+            return self._delete(TABLE_ENDPOINTS, action.network, action.endpoint)
+        if isinstance(action, st.PersistSandboxes):
+            return await trio.to_thread.run_sync(self._write_sandboxes, action.data)
+        if isinstance(action, st.Reconcile):
+            return await self._reconcile()
+        if isinstance(action, st.AttachNetwork):
+            await self._need_ipam().attach(action.network)
+            return await self._join(action.network)
+        if isinstance(action, st.DetachNetwork):
+            return self._leave_if_unneeded(action.network)
+        if isinstance(action, st.IpamCreateNetwork):
+            cfg = await self._need_ipam().create_network(
+                action.network, subnets=action.subnets, ipv6=action.ipv6
+            )
+            if action.gateway is not None and action.gateway not in {str(s.gateway) for s in cfg.subnets}:
+                await ipam.delete_network(action.network)
+                raise ApiError(
+                    400, "not_supported", f"gateway {action.gateway}: custom gateways are not supported yet"
+                )
+            return cfg
+        if isinstance(action, st.IpamDeleteNetwork):
+            return await self._need_ipam().delete_network(action.network)
+        if isinstance(action, st.AllocateAddress):
+            return await self._need_ipam().allocate(
+                action.network, tag=action.tag, preferred=action.preferred, ipv6=action.ipv6
+            )
+        if isinstance(action, st.ReleaseAddress):
+            return await self._need_ipam().release(action.network, action.address, tag=action.tag)
+        raise TypeError(f"unknown CNM action {action!r}")
 
-    def mtu_of(self, net: NetworkRecord) -> int:
-        return net.mtu or max(68, (self._underlay_mtu or 1500) - VXLAN_OVERHEAD)
+    def _need_ipam(self) -> Any:
+        if self.ipam is None:
+            raise ApiError(503, "no_ipam", "this agent runs no IPAM service; networks and endpoints need it")
+        return self.ipam
 
-    # -- NetworkDB writes (from tasks) --
+    def _write_sandboxes(self, data: bytes) -> None:
+        """``sandboxes.json`` replaced atomically (temporary file, fsync, rename, fsync the directory)."""
+        if self.state_dir is None:
+            return
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(self.state_dir, SANDBOXES_FILE)
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    # -- NetworkDB --
 
     def _check_node(self) -> None:
         if self.node.fatal is not None:
             raise ApiError(503, "stopped", f"the agent is stopping: {self.node.fatal}")
 
     def _put(self, table: str, network: str, key: str, value: bytes) -> None:
-        core = self._core()
+        core = self.node.db.core
         self.node.db_input(lambda now: core.put_entry(table, network, key, value, now=now))
         self._check_node()
 
     def _delete(self, table: str, network: str, key: str) -> None:
-        core = self._core()
+        core = self.node.db.core
         if network not in core.networks() or core.get_entry(table, network, key, include_hidden=True) is None:
             return
         self.node.db_input(lambda now: core.delete_entry(table, network, key, now=now))
         self._check_node()
 
     async def _join(self, network: str) -> bool:
-        """Join ``network``'s NetworkDB network (waiting up to ``sync_timeout`` for its sync); whether it
-        was joined by this call."""
+        """Join ``network``'s NetworkDB network, waiting up to ``sync_timeout`` for its sync."""
         db = self.node.db
         if network in db.core.networks():
             return False
@@ -382,22 +477,17 @@ class CnmService(CnmOperations, BaseService):
             db.forget_sync(network, wait)
         return True
 
-    def _leave_if_unused(self, network: str) -> None:
-        """Leave ``network``'s NetworkDB network when no local endpoint is on it and IPAM does not need it."""
-        core = self._core()
-        if network not in core.networks() or any(ep.host == self.me for ep in self.endpoints(network)):
-            return
+    def _leave_if_unneeded(self, network: str) -> bool:
+        core = self.node.db.core
         needs = getattr(self.ipam, "needs_network", None)
-        if needs is None or needs(network):
-            return  # IPAM keeps (or may keep) records there; leaving would drop them cluster-wide
+        if network not in core.networks() or needs is None or needs(network):
+            return False  # IPAM keeps (or may keep) records there; a leave would drop them cluster-wide
         self.node.db_input(lambda now: core.leave_network(network, now=now))
+        assert self.ctl is not None
+        self.ctl.forget_network(network)
+        return True
 
-    # -- the dataplane --
-
-    async def _apply(self, plan: tuple[Any, ...]) -> None:
-        if plan:
-            await trio.to_thread.run_sync(self.dp.apply, plan)
-            self.counters["ops_applied"] += len(plan)
+    # -- reconcile --
 
     def _existing(self) -> tuple[str, ...]:
         lister = getattr(self.dp, "namespaces", None)
@@ -433,87 +523,35 @@ class CnmService(CnmOperations, BaseService):
                     wait = min(wait, end - now + 0.01)
         return wait
 
-    def view(self) -> HostView:
-        """This host's overlay view: the network and endpoint records it sees (hidden ones included) and
-        its sandboxes. A local joined endpoint whose records have not arrived yet (a restart before the
-        tables synced) is described from ``sandboxes.json``, so adoption keeps it as it is."""
-        nets = {n.id: n for n in self.networks()}
-        eps = self.endpoints()
-        have = {ep.id for ep in eps}
-        sandboxes = []
-        for sb in self.sandboxes():
-            sandboxes.append(
-                LocalSandbox(
-                    id=sb.id,
-                    netns=sb.netns,
-                    managed=sb.created,
-                    interfaces=tuple((ep.id, ep.ifname) for ep in sb.endpoints),
-                )
-            )
-            for ep in sb.endpoints:
-                if ep.network not in nets:
-                    nets[ep.network] = NetworkRecord(
-                        id=ep.network,
-                        name=ep.network_name or ep.network,
-                        vni=ep.vni,
-                        subnets=tuple(SubnetRecord(s, g) for s, g in ep.subnets),
-                        mtu=ep.mtu,
-                        vxlan_port=ep.vxlan_port,
-                    )
-                if ep.id not in have:
-                    eps.append(
-                        EndpointRecord(
-                            id=ep.id,
-                            name=ep.name,
-                            network=ep.network,
-                            host=self.me,
-                            vtep=self.vtep,
-                            mac=ep.mac,
-                            ipv4=ep.ipv4,
-                            ipv6=ep.ipv6,
-                            aliases=ep.aliases,
-                            sandbox=sb.id,
-                            service=ep.service,
-                        )
-                    )
-        return HostView.of(
-            host=self.me,
-            netns_prefix=self.prefix,
-            underlay_mtu=self._underlay_mtu or 1500,
-            vtep=self.vtep,
-            networks=nets.values(),
-            endpoints=eps,
-            sandboxes=sandboxes,
-        )
-
     async def _reconcile(self) -> int:
-        """One reconcile pass (caller holds the lock): observe, plan, apply; re-plan after a refusal.
-        While settling (after a restart) no FDB or neighbour entry is removed. Returns the number of ops
-        applied; raises the last DataplaneError after RECONCILE_ATTEMPTS."""
+        """One reconcile pass (the caller holds the lock): observe, plan, apply; re-plan after a refusal.
+        While settling only additive ops are applied. Returns the number of ops applied; raises the last
+        DataplaneError after RECONCILE_ATTEMPTS."""
+        assert self.ctl is not None
         self.counters["reconciles"] += 1
         applied = 0
         for attempt in range(RECONCILE_ATTEMPTS):
-            want = desired(self.view())
-            if want.dropped and want.dropped != self._dropped:
+            want = desired(self.ctl.host_view())
+            if want.dropped != self._dropped:
                 for line in want.dropped:
                     log.warning("overlay: %s", line)
-                self.counters["bad_records"] += len(want.dropped)
-            self._dropped = want.dropped
+                self.counters["dropped_records"] += len(want.dropped)
+                self._dropped = want.dropped
             snap = await trio.to_thread.run_sync(self.dp.observe, want.scope(self._existing()))
             ops = plan(want, snap)
             if self._settling():
-                ops = tuple(op for op in ops if not isinstance(op, DelFdbEntry | DelNeighbour))
+                ops = tuple(op for op in ops if not isinstance(op, _DELETES))
             if not ops:
                 return applied
             try:
-                await self._apply(ops)
+                await trio.to_thread.run_sync(self.dp.apply, ops)
             except DataplaneError as exc:
                 if attempt == RECONCILE_ATTEMPTS - 1:
                     raise
                 log.info("the kernel refused a plan (%s); re-observing", exc)
                 continue
+            self.counters["ops_applied"] += len(ops)
             applied += len(ops)
-            log.debug("reconcile applied %d ops", len(ops))
         return applied
 
     async def _reconcile_quietly(self) -> None:
@@ -524,7 +562,6 @@ class CnmService(CnmOperations, BaseService):
             self.last_error = str(exc)
             log.warning("reconcile failed (retried within %.0fs): %s", self.reconcile_interval, exc)
 
-    async def handle_api(self, node: Any, request: Any) -> Any:
-        from meshnet.runtime import cnm_api
-
-        return await cnm_api.handle(self, request)
+    def now(self) -> float:
+        """Wall-clock time for records (``created``)."""
+        return time.time()
