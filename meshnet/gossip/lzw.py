@@ -7,8 +7,9 @@ emits a clear code (and starts over at 9 bits with an empty dictionary) when the
 would be 4095, so the width never exceeds 12. The writer always begins with a clear code, ends with
 the end code, and pads the final byte with zero bits.
 
-The encoder keeps the dictionary as ``{code << 8 | byte: code}``; the decoder keeps each code's
-expansion as a ``bytes`` object. The decoder follows Go's reader: it accepts a stream that does not
+The encoder keeps the dictionary as a trie, a list indexed by code of ``{next byte: code}`` dicts
+(created when a code gets its first child), so the per-byte step allocates nothing; the decoder
+keeps each code's expansion as a ``bytes`` object. The decoder follows Go's reader: it accepts a stream that does not
 start with a clear code, stops at the end code (ignoring what follows), and rejects a stream that
 ends without one or names a code it has not defined yet. Its output is bounded by ``max_size``.
 """
@@ -33,7 +34,8 @@ _LITERALS = [bytes((i,)) for i in range(256)]
 def compress(data: bytes) -> bytes:
     """Compress ``data`` byte-for-byte as Go's ``lzw.NewWriter(w, lzw.LSB, 8)`` would."""
     data = bytes(data)
-    if not data:
+    n = len(data)
+    if not n:
         return (_CLEAR | _EOF << 9).to_bytes(3, "little")  # clear, end: 9 bits each
     out = bytearray()
     acc = _CLEAR  # the leading clear code, 9 bits wide
@@ -42,38 +44,44 @@ def compress(data: bytes) -> bytes:
     hi = _EOF  # the last code assigned
     # The next code that needs attention: 512, 1024, 2048 widen the codes, _MAX_CODE resets.
     overflow = 512
-    table: dict[int, int] = {}
-    get = table.get
+    # The dictionary as a trie: kids[code] maps a next byte to the code of (code, byte), or is None
+    # while code has no children. Codes never exceed 257 + n, so small inputs get a small list.
+    size = min(_MAX_CODE + 1, 258 + n)
+    kids: list[dict[int, int] | None] = [None] * size
     it = iter(data)
     code = next(it)
-    # The hot loop: one dict probe per input byte; a hit only extends the current match.
+    # The hot loop: a list index and a dict probe per input byte (no integer is allocated).
     for x in it:
-        key = code << 8 | x
-        nxt = get(key)
-        if nxt is not None:
-            code = nxt
-            continue
+        d = kids[code]
+        if d is not None:
+            nxt = d.get(x)
+            if nxt is not None:
+                code = nxt
+                continue
         acc |= code << nbits
         nbits += width
         if nbits >= 64:
             out += (acc & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
             acc >>= 64
             nbits -= 64
-        code = x
         hi += 1
-        if hi < overflow:
-            table[key] = hi
-        elif hi == _MAX_CODE:
-            acc |= _CLEAR << nbits
-            nbits += width
-            width = 9
-            hi = _EOF
-            overflow = 512
-            table.clear()
-        else:
+        if hi >= overflow:
+            if hi == _MAX_CODE:
+                acc |= _CLEAR << nbits
+                nbits += width
+                width = 9
+                hi = _EOF
+                overflow = 512
+                kids = [None] * size
+                code = x
+                continue
             width += 1
             overflow = overflow << 1 if width < _MAX_WIDTH else _MAX_CODE
-            table[key] = hi
+        if d is None:
+            kids[code] = {x: hi}
+        else:
+            d[x] = hi
+        code = x
     # Close: the pending code, then the end code (the pending code may trigger a reset first).
     acc |= code << nbits
     nbits += width
