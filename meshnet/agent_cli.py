@@ -343,7 +343,9 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, str, str]:
     from meshnet.ipam.config import IpamConfig  # IPAM (issue 4)
     from meshnet.runtime.ipam_svc import IpamService  # IPAM (issue 4)
 
-    ipam_config = IpamConfig()  # IPAM: [ipam] overrides fields of meshnet/ipam/config.py
+    # IPAM: [ipam] overrides fields of meshnet/ipam/config.py. The local profile (agents on one host) waits
+    # 3 s, not 30, for its heirs' records at a graceful leave (grants are final; relays deliver the rest).
+    ipam_config = IpamConfig(leave_wait=3.0) if profile == "local" else IpamConfig()
     if "ipam" in file:
         ipam_config = ipam_config.with_(
             **_overrides(where, file["ipam"], "ipam", IpamConfig, "meshnet/ipam/config.py")
