@@ -262,6 +262,7 @@ class DnsService(BaseService):
         self._watches: dict[int, str] = {}
         self._networks: dict[str, NetworkRecord] = {}
         self._endpoints: dict[str, dict[str, EndpointRecord]] = {}  # network -> endpoint id -> record
+        self._by_id: dict[str, EndpointRecord] = {}  # endpoint id -> record (ids are cluster-unique)
         self._boxes: dict[str, _Box] = {}
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -388,19 +389,25 @@ class DnsService(BaseService):
     def _on_endpoint(self, ev: Any) -> None:
         eps = self._endpoints.setdefault(ev.network, {})
         if self._deleted(ev):
-            eps.pop(ev.key, None)
-            self.table.remove_endpoint(ev.network, ev.key)
+            self._forget_endpoint(ev.network, ev.key)
             return
         try:
             rec = decode_endpoint(ev.value)
         except DecodeError:
-            if eps.pop(ev.key, None) is not None:
-                self.table.remove_endpoint(ev.network, ev.key)
+            self._forget_endpoint(ev.network, ev.key)
             raise
         if rec.id != ev.key or rec.network != ev.network:
             rec = EndpointRecord(**{**_fields(rec), "id": ev.key, "network": ev.network})
         eps[ev.key] = rec
+        self._by_id[ev.key] = rec
         self._upsert_endpoint(ev.network, rec)
+
+    def _forget_endpoint(self, network: str, eid: str) -> None:
+        if self._endpoints.get(network, {}).pop(eid, None) is not None:
+            self.table.remove_endpoint(network, eid)
+            rec = self._by_id.get(eid)
+            if rec is not None and rec.network == network:
+                del self._by_id[eid]
 
     def _on_service_entry(self, ev: Any, *, specs: bool) -> None:
         try:
@@ -524,19 +531,15 @@ class DnsService(BaseService):
             log.warning("dns: service_table write refused: %s", exc)
 
     def _scope(self, info: Any) -> tuple[str, ...]:
-        index: dict[str, str] = {}
-        for network, eps in self._endpoints.items():
-            for eid in eps:
-                index[eid] = network
-        return tuple(dict.fromkeys(index[e] for e in info.endpoints if e in index))
+        by_id = self._by_id
+        return tuple(dict.fromkeys(by_id[e].network for e in info.endpoints if e in by_id))
 
     def _addresses(self, info: Any) -> list[str]:
         out: list[str] = []
         for eid in info.endpoints:
-            for eps in self._endpoints.values():
-                rec = eps.get(eid)
-                if rec is not None:
-                    out.extend(a for a in rec.addresses() if a not in out)
+            rec = self._by_id.get(eid)
+            if rec is not None:
+                out.extend(a for a in rec.addresses() if a not in out)
         return out
 
     async def _reconcile_sandboxes(self) -> None:
