@@ -25,6 +25,7 @@ import re
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import trio
@@ -55,6 +56,15 @@ REQUEST_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _standard_reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -189,7 +199,7 @@ async def read_request(stream: trio.abc.ReceiveStream) -> Request | None:
 def render_response(response: Response) -> bytes:
     """The bytes of a JSON response with Content-Length and ``Connection: close``."""
     body = (json.dumps(response.body, indent=None, sort_keys=False) + "\n").encode()
-    reason = _REASONS.get(response.status, "Unknown")
+    reason = _REASONS.get(response.status) or _standard_reason(response.status)
     lines = [
         f"HTTP/1.1 {response.status} {reason}",
         "Content-Type: application/json",
