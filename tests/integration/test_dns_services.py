@@ -171,3 +171,49 @@ async def test_a_refused_upstream_fails_at_once_and_the_live_one_answers(nursery
     with trio.fail_after(5):
         while servers[0]._up_socks or servers[1]._up_socks:  # every upstream socket is closed again
             await trio.sleep(0.01)
+
+
+async def test_sandbox_files_are_written_kept_current_and_removed(nursery, tmp_path):
+    """resolv.conf and hosts under etc_netns/NAME follow the endpoint and the host's resolv.conf."""
+    from meshnet.runtime.dns_svc import SandboxInfo, StaticSandboxes
+
+    host_conf = tmp_path / "host-resolv.conf"
+    host_conf.write_text("nameserver 127.0.0.53\nsearch corp.example\noptions ndots:3 edns0\n")
+    etc = tmp_path / "etc-netns"
+    boxes = StaticSandboxes()
+    svc = DnsService(
+        DnsConfig(
+            start_servers=False, host_resolv_conf=str(host_conf), etc_netns=str(etc), retry_interval=0.2
+        ),
+        sandboxes=boxes,
+        rng=random.Random(1),
+    )
+    node = Node(FAST, name="h1", bind=("127.66.1.20", 0), networkdb=DbSettings(config=NDB), services=[svc])
+    await nursery.start(node.run)
+    node.db_input(lambda now: node.db.core.join_network(NET, now=now))
+    _endpoint(node, "e1", "web", "10.0.1.5")
+    boxes.add(SandboxInfo("sb1", "web", "/run/netns/mn-sb-web", ("e1",)))
+    hosts, resolv = etc / "mn-sb-web" / "hosts", etc / "mn-sb-web" / "resolv.conf"
+    await _until(lambda: hosts.exists() and "10.0.1.5\tweb" in hosts.read_text(), "hosts written")
+    text = resolv.read_text()
+    assert "nameserver 127.0.0.11" in text and "search corp.example" in text
+    assert "options edns0 ndots:0" in text and "ndots:3" not in text
+    assert svc.dns_json()["upstreams"] == [{"address": "127.0.0.53", "port": 53, "host_loopback": True}]
+    # the endpoint's address changes: hosts follows
+    _endpoint(node, "e1", "web", "10.0.1.6")
+    await _until(lambda: "10.0.1.6\tweb" in hosts.read_text(), "hosts rewritten")
+    # the host's resolv.conf changes: the sandbox's follows (and so do the upstreams)
+    host_conf.write_text("nameserver 127.0.0.54\nsearch other.example\n")
+    await _until(lambda: "search other.example" in resolv.read_text(), "resolv.conf rewritten")
+    assert svc.dns_json()["upstreams"][0]["address"] == "127.0.0.54"
+    # the sandbox goes: its files go, and the directory with them
+    boxes.remove("sb1")
+    await _until(lambda: not (etc / "mn-sb-web").exists(), "files removed")
+    # a directory holding a file that is not ours is kept (only our files are removed)
+    boxes.add(SandboxInfo("sb2", "web", "/run/netns/mn-sb-web", ("e1",)))
+    await _until(lambda: hosts.exists(), "hosts written again")
+    (etc / "mn-sb-web" / "nsswitch.conf").write_text("hosts: files dns\n")
+    boxes.remove("sb2")
+    await _until(lambda: not hosts.exists() and not resolv.exists(), "our files removed")
+    assert (etc / "mn-sb-web" / "nsswitch.conf").exists()
+    node.stop()
