@@ -1,10 +1,14 @@
 """Per-network, transmit-limited broadcast queues for table events (libnetwork.md section 2.7).
 
 Theory of operation: each joined network has one ``NetworkQueue`` of encoded table events. Every gossip
-interval the facade takes up to ``gossip_packets`` batches that fit a datagram and sends each batch to
-up to ``gossip_nodes`` random peers of the network; every take counts one transmit of each item taken,
-and an item is dropped after ``retransmit_limit(mult, n)`` transmits (memberlist's TransmitLimitedQueue,
-scaled by the network's size, not the cluster's). Rules that fix libnetwork's queue failures:
+interval the facade takes datagram-sized batches and sends each batch to up to ``gossip_nodes`` random
+peers of the network: ``gossip_packets`` batches, or as many as one transmit of every queued item needs
+(``nbytes`` / budget) up to ``max_gossip_packets``, so a backlog drains at once instead of waiting out
+the fixed budget. Every take counts one transmit of each item taken (an item goes at most once per
+interval); a local write is dropped after ``retransmit_limit(retransmit_mult, n)`` transmits and a
+rebroadcast after ``retransmit_limit(relay_retransmit_mult, n)`` (memberlist's TransmitLimitedQueue,
+scaled by the network's size, not the cluster's; fewer relay transmits because every node relays
+every event). Rules that fix libnetwork's queue failures:
 
 1. Supersede only by a newer version (moby#53479): at most one item per (table, key); a new item
    replaces the queued one only if its precedence is greater; an older or equal one is refused. The

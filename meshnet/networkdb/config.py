@@ -8,8 +8,11 @@ like memberlist's WAN preset, ``local()`` shortens them for loopback clusters, a
 every period short so that unit tests and rule machines settle in a few simulated seconds.
 
 Formulas (pure functions below):
-- retransmit limit of a table event = ``retransmit_mult * ceil(log10(n + 1))`` where ``n`` is the number
-  of live nodes attached to the event's network, self included (memberlist ``retransmitLimit``);
+- retransmit limit of a local write = ``retransmit_mult * ceil(log10(n + 1))`` where ``n`` is the number
+  of live nodes attached to the event's network, self included (memberlist ``retransmitLimit``); of a
+  rebroadcast the same with ``relay_retransmit_mult``;
+- datagrams per peer per gossip interval = ``gossip_packets``, raised to what one transmit of every
+  queued item needs, at most ``max_gossip_packets``;
 - state-sync period = ``state_sync_interval * (ceil(log2(n) - 5) + 1)`` above 32 nodes, else the plain
   interval (memberlist ``pushPullScale``).
 """
@@ -204,9 +207,13 @@ def wan() -> NetworkDBConfig:
 
 
 def local() -> NetworkDBConfig:
-    """Loopback clusters (memberlist DefaultLocalConfig's ratios)."""
+    """Loopback clusters (memberlist DefaultLocalConfig's ratios). Loopback's MTU is 64 KiB, so table
+    gossip datagrams may be larger than a LAN frame: 8 KiB carry ~150 small entries, and a busy node
+    sends a sixth of the datagrams it would at 1300 bytes (per-datagram work dominates an agent's CPU
+    at high write rates)."""
     return NetworkDBConfig(
         gossip_interval=0.1,
+        packet_budget_bytes=8192,
         bulk_sync_interval=15.0,
         bulk_sync_timeout=10.0,
         state_sync_interval=15.0,

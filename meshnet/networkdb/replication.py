@@ -19,9 +19,14 @@ what a remote record does to it; ``store.NetworkDB`` (the facade) adds the publi
   and the requester pushes its own entries of those; the answer's last part completes the pending sync
   (see ``sync.py`` for purposes, retries and peer rotation); ``StateSync`` exchanges every attachment
   record with one random node per period and with the first nodes seen;
-- gossip: every ``gossip_interval`` each joined network's queue is drained in up to ``gossip_packets``
-  datagram-sized batches to ``gossip_nodes`` random peers; the timer is armed only while some queue has
-  a peer to go to, so an idle node has no gossip deadline.
+- gossip: every ``gossip_interval`` each joined network's queue is drained in datagram-sized batches
+  to ``gossip_nodes`` random peers: ``gossip_packets`` of them, more (up to ``max_gossip_packets``) when
+  one transmit of every queued item needs more; local writes are sent ``retransmit_mult`` x
+  ceil(log10(n + 1)) times, rebroadcasts ``relay_retransmit_mult`` x that; the timer is armed only while
+  some queue has a peer to go to, so an idle node has no gossip deadline;
+- receive fast path: gossip delivers each entry to each node several times, so ``_held`` looks at every
+  entry of a ``TableEvents`` before it is decoded and drops the copies whose slot already holds the same
+  live version (or a newer ltime): counted as ``duplicate_entries`` / ``stale_entries``.
 
 Every input ends with ``_done()``, which turns a raised Lamport high-water mark into ``HighWaterRaised``.
 """
