@@ -282,6 +282,7 @@ class DnsService(BaseService):
             "file_writes": 0,
             "file_errors": 0,
             "reconciles": 0,
+            "reconcile_errors": 0,
         }
 
     # ---------------------------------------------------------------- hooks
@@ -493,9 +494,15 @@ class DnsService(BaseService):
 
     async def _reconcile(self) -> None:
         self.counters["reconciles"] += 1
-        self._load_upstreams()
-        self._reconcile_tasks()
-        await self._reconcile_sandboxes()
+        try:
+            self._load_upstreams()
+            self._reconcile_tasks()
+            await self._reconcile_sandboxes()
+        except Exception:
+            # A bug here must not stop the agent (gossip, NetworkDB, the other sandboxes): the next
+            # pass (an event, or ``retry_interval``) tries again.
+            self.counters["reconcile_errors"] += 1
+            log.exception("dns: reconcile pass failed (counted as reconcile_errors)")
 
     def _local_endpoints(self, network: str) -> list[EndpointRecord]:
         me = self.node.name
