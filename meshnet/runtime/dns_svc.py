@@ -278,6 +278,7 @@ class DnsService(BaseService):
             "task_write_errors": 0,
             "servers_started": 0,
             "server_errors": 0,
+            "server_crashes": 0,
             "servers_stopped": 0,
             "file_writes": 0,
             "file_errors": 0,
@@ -590,8 +591,19 @@ class DnsService(BaseService):
         scope = trio.CancelScope()
 
         async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-            with scope:
-                await server.run(task_status=task_status)
+            try:
+                with scope:
+                    await server.run(task_status=task_status)
+            except Exception as exc:
+                if server.bound is None:
+                    raise  # before it listened: ``nursery.start`` hands it to the caller below
+                # A crash while serving takes down this sandbox's resolver only; the next pass restarts it.
+                self.counters["server_crashes"] += 1
+                log.exception("dns: resolver of sandbox %s crashed; restarting it", box.info.name)
+                if box.server is server:
+                    box.server, box.scope, box.error = None, None, f"crashed: {exc!r}"
+                    box.retry_at = trio.current_time() + self.config.retry_interval
+                self._wake.set()
 
         try:
             await self._nursery.start(serve)
