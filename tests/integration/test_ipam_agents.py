@@ -288,6 +288,14 @@ def test_a_frozen_owner_blocks_nobody_with_free_space_and_its_space_is_unreachab
         "a failed",
         pool.describe,
     )
+    wait_until(
+        lambda: all(
+            r["owner_state"] == "failed" for x in (b, c) for r in x.blocks(net) if r["owner"] == "i1"
+        ),
+        DETECT_TIMEOUT,
+        "b's and c's IPAM to see a failed",
+        pool.describe,
+    )
     # b and c own free space: they allocate without a.
     t0 = time.monotonic()
     got = b.allocate(net, "b-ep1")
@@ -353,10 +361,14 @@ def test_restart_with_state_resumes_at_once_and_reclaim_frees_a_killed_agents_sp
         "b failed",
         pool.describe,
     )
+
+    # (IPAM hears the verdict right after gossip shows it: wait for its listing, not for the members.)
+    def locked() -> bool:
+        rows = {r["block"]: r for r in c2.blocks(net)}
+        return all(rows[k]["owner"] == "i2" and rows[k]["owner_state"] == "failed" for k in b_blocks)
+
+    wait_until(locked, DETECT_TIMEOUT, "c's IPAM to see b's blocks owned by a failed node", pool.describe)
     rows = {r["block"]: r for r in c2.blocks(net)}
-    assert all(rows[k]["owner"] == "i2" and rows[k]["owner_state"] == "failed" for k in b_blocks), json.dumps(
-        [rows[k] for k in b_blocks]
-    )
     target = str(ipaddress.ip_address(rows[min(b_blocks)]["first"]) + 2)
     with pytest.raises(ctl.AgentError) as err:
         c2.allocate(net, "c-in-b", preferred=target)
@@ -379,6 +391,16 @@ def test_restart_with_state_resumes_at_once_and_reclaim_frees_a_killed_agents_sp
     # A reclaim of a live node is refused (exit 1).
     refused = a.ctl("ipam", "reclaim", "i3")
     assert refused.returncode == 1 and "reclaim_refused" in refused.stderr, refused.stderr
+
+    # Agents stopped together (SIGTERM: graceful leave, IPAM first) all exit within seconds: with the
+    # local profile the IPAM leave waits at most 3 s for heirs that may be leaving too, then the gossip
+    # leave at most leave_timeout (5 s).
+    t0 = time.monotonic()
+    for agent in (a, c2):
+        agent.proc.send_signal(signal.SIGTERM)
+    for agent in (a, c2):
+        assert agent.proc.wait(timeout=30) == 0, pool.describe()
+    assert time.monotonic() - t0 < 20.0, pool.describe()
 
 
 def test_bench_ipam_smoke(tmp_path: Path):
