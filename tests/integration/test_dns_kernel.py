@@ -435,3 +435,18 @@ async def test_forwarding_parallel_upstreams_and_the_limit(lab):
     status, body = await api_request(lab.api("h2"), "GET", "/v1/dns")
     (box,) = body["sandboxes"]
     assert box["stats"]["refused_over_limit"] >= n - LIMIT and box["listening"] == "127.0.0.11:53"
+
+
+async def test_a_crashed_resolver_is_restarted_and_the_agent_keeps_running(lab):
+    ns = lab.ns_client
+    await wait_for_answer(ns, "web", "NOERROR")
+    svc = lab.dns["h2"]
+    server = svc._boxes["sb-client"].server
+    server._udp._sock.close()  # break the serving loop from under it (a bug, as far as the server knows)
+    with trio.fail_after(10):
+        while svc.counters["server_crashes"] == 0:
+            await trio.sleep(0.05)
+    # restarted after retry_interval (2 s) on a later pass; answers again
+    await wait_for_answer(ns, "web", "NOERROR", timeout=15)
+    assert svc._boxes["sb-client"].server is not server and svc.counters["servers_started"] == 2
+    assert lab.nodes["h2"].fatal is None and (await dig(lab.ns_web, "client"))[1] == ["client A 10.0.1.9"]
