@@ -241,6 +241,7 @@ class _Box:
         self.error: str | None = None
         self.retry_at = 0.0
         self.files: dict[str, str] = {}  # path -> text written
+        self.files_key: tuple | None = None  # the inputs of the files written
         self.etc_dir: str | None = None
 
 
@@ -269,6 +270,7 @@ class DnsService(BaseService):
         self._upstreams: tuple[Upstream, ...] = ()
         self._resolv_stamp: tuple[float, int] | None = None
         self._host_resolv_text = ""
+        self._resolv_cache: tuple[str | None, str] = (None, "")  # host text -> the sandboxes' resolv.conf
         self.counters: dict[str, int] = {
             "decode_errors": 0,
             "bad_keys": 0,
@@ -640,10 +642,16 @@ class DnsService(BaseService):
         if not name or "/" in name or name in (".", ".."):
             return
         etc_dir = os.path.join(self.config.etc_netns, name)
+        # Rendered only when their inputs changed (a pass over many sandboxes is then a few compares).
+        key = (self._host_resolv_text, box.info.name, tuple(self._addresses(box.info)))
+        if key == box.files_key and all(os.path.exists(p) for p in box.files):
+            return
         try:
-            texts = {os.path.join(etc_dir, "resolv.conf"): sandbox_resolv_conf(self._host_resolv_text)}
+            if self._resolv_cache[0] != self._host_resolv_text:
+                self._resolv_cache = (self._host_resolv_text, sandbox_resolv_conf(self._host_resolv_text))
+            texts = {os.path.join(etc_dir, "resolv.conf"): self._resolv_cache[1]}
             try:
-                hosts = render_hosts(hostname=box.info.name, addresses=self._addresses(box.info))
+                hosts = render_hosts(hostname=box.info.name, addresses=key[2])
             except ConfigError:
                 hosts = render_hosts(hostname="sandbox", addresses=())
             texts[os.path.join(etc_dir, "hosts")] = hosts
@@ -659,6 +667,7 @@ class DnsService(BaseService):
                 os.replace(tmp, path)
                 box.files[path] = text
                 self.counters["file_writes"] += 1
+            box.files_key = key
         except (OSError, ConfigError) as exc:
             self.counters["file_errors"] += 1
             log.warning("dns: cannot write %s: %s", etc_dir, exc)
