@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu0 = sum(cpu_seconds(p) for p in pids)
         load0 = os.getloadavg()
         wall0 = time.monotonic()
-        samples, attach_s, lost, programmed = [], [], [], []
+        samples, attach_s, lost, programmed, after_return = [], [], [], [], []
         trials: list[tuple[str, str, float]] = []  # (ip, B, t0)
         for k in range(args.containers):
             a = hosts[k % len(hosts)]
@@ -164,6 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"  c{k} on {a} ({rec['ip']}): no reply in {b} within {args.timeout:g}s", flush=True)
                 continue
             samples.append(reply - t0)
+            after_return.append(reply - t0 - attach_s[-1])
             if args.verbose:
                 print(f"  c{k} on {a} -> {b}: {samples[-1]:.3f}s (attach {attach_s[-1]:.3f}s)", flush=True)
         wall = time.monotonic() - wall0
@@ -190,6 +191,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "programmed_seen": len(programmed),
         "programmed_p50_s": percentile(programmed, 50) if programmed else None,
         "programmed_p99_s": percentile(programmed, 99) if programmed else None,
+        "after_return_p50_s": percentile(after_return, 50) if after_return else None,
+        "after_return_p99_s": percentile(after_return, 99) if after_return else None,
         "attach_p50_s": percentile(attach_s, 50),
         "attach_p99_s": percentile(attach_s, 99),
         "ref_overlay_rtt_ms": ref_overlay,
@@ -217,6 +220,10 @@ def report(r: dict[str, Any]) -> None:
     print(f"  p50 / p99 / max     {f(r['p50_s'])} / {f(r['p99_s'])} / {f(r['max_s'])}")
     print(
         f"  attach call p50/p99 {f(r['attach_p50_s'])} / {f(r['attach_p99_s'])}  (A's API, part of the above)"
+    )
+    print(
+        f"  after the call      {f(r['after_return_p50_s'])} / {f(r['after_return_p99_s'])}  p50/p99: from the "
+        "attach call's return to the first reply"
     )
     print(
         f"  programmed on B     {f(r['programmed_p50_s'])} / {f(r['programmed_p99_s'])}  p50/p99: the neighbour "

@@ -205,7 +205,16 @@ def _netns_main(args: argparse.Namespace) -> int:
             f"removed {len(report['netns'])} namespaces, stopped {len(report['stopped']) + len(report['killed'])} processes"
         )
         return 0
+    from sim.netns import list_netns
+
     demo = _Demo(harness, args.check)
+    if harness.state().get("hosts") or any(harness.owns_netns(n) for n in list_netns()):
+        print(
+            f"a demo is already up ({harness.run_dir}): explore it ({_cmd(demo.netns_cli)} status) or remove "
+            f"it with scripts/demo --down{' --prefix ' + args.prefix if args.prefix else ''}",
+            file=sys.stderr,
+        )
+        return 1
     ok = False
     try:
         demo.run(args.hosts)
