@@ -349,3 +349,25 @@ async def test_a_graceful_leave_retires_the_identity_and_a_restart_moves_its_sta
         assert os.path.isdir(tmp_path / "b.state" / "ipam.retired-1")
         assert not b2.core.is_retired and not own_blocks(b2, NET)
         nursery.cancel_scope.cancel()
+
+
+def test_agent_settings_build_ipam_first_with_profile_leave_wait_and_ipam_table(tmp_path: Path):
+    from meshnet import agent_cli
+
+    def build(*flags: str, toml: str = ""):
+        cfg = tmp_path / "agent.toml"
+        cfg.write_text(toml)
+        argv = ["run", "--name", "h", "--bind", "127.0.8.140:0", "--dataplane", "none", "--config", str(cfg)]
+        argv += ["--state-dir", str(tmp_path / "s"), *flags]
+        return agent_cli.build_settings(agent_cli._build_parser().parse_args(argv))[0]
+
+    s = build("--profile", "local")
+    ipam = s.services[0]
+    assert ipam.name == "ipam" and isinstance(ipam, IpamService) and ipam.config.leave_wait == 3.0
+    assert build("--profile", "lan").services[0].config.leave_wait == 30.0
+    s = build("--profile", "local", toml="[ipam]\nrequest_try_timeout = 0.5\nleave_wait = 7\n")
+    assert (s.services[0].config.request_try_timeout, s.services[0].config.leave_wait) == (0.5, 7.0)
+    with pytest.raises(ConfigError, match=r"\[ipam\]"):
+        build(toml="[ipam]\nno_such_field = 1\n")
+    with pytest.raises(ConfigError, match="allow_unsafe"):
+        build(toml="[ipam]\nunsafe_skip_epoch_check = true\n")
