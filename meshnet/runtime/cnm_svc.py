@@ -72,6 +72,8 @@ log = logging.getLogger("meshnet.cnm")
 
 #: Attempts of one reconcile pass when the kernel refuses a plan (each re-observes and re-plans).
 RECONCILE_ATTEMPTS = 3
+#: After a wake-up the loop waits this long, so a burst of table changes (a bulk sync) costs one pass.
+RECONCILE_DEBOUNCE = 0.05
 _DELETES = (DelNetns, DelLink, DelAddress, DelFdbEntry, DelNeighbour)
 _SIOCGIFADDR = 0x8915
 _SIOCGIFMTU = 0x8921
@@ -271,6 +273,7 @@ class CnmService(BaseService):
         while True:
             with trio.move_on_after(self._next_wait()):
                 await self._wake.wait()
+                await trio.sleep(RECONCILE_DEBOUNCE)
             self._wake = trio.Event()
             async with self._lock:
                 await self._reconcile_quietly()

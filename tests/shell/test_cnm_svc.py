@@ -187,7 +187,7 @@ async def fingerprint(h: Host) -> Any:
 
 async def settled(h: Host) -> None:
     """Let ``h``'s reconcile loop and NetworkDB catch up (a few gossip intervals)."""
-    await trio.sleep(0.1)
+    await trio.sleep(0.02)
 
 
 @pytest.mark.hang_guard(120)
@@ -203,6 +203,9 @@ async def test_api_errors_answer_with_code_and_change_nothing(tmp_path):
         status, att_b = await b.call("POST", "/v1/attach", {"network": "web", "sandbox": "cb"})
         assert status == 201, att_b
         await until(lambda: len(a.cnm.ctl.endpoints()) == 2, "b's endpoint on a")
+        await until(
+            lambda: sum(map(len, fdb(a).values())) == 1 and sum(map(len, fdb(b).values())) == 1, "FDBs"
+        )
         await settled(a)
         before = await fingerprint(a)
         cases = [
@@ -303,6 +306,10 @@ async def test_a_failure_at_any_step_of_any_operation_leaves_nothing_behind(tmp_
         await until(lambda: any(n.name == "web" for n in b.cnm.ctl.networks()), "web on b")
         assert (await b.call("POST", "/v1/attach", {"network": "web", "sandbox": "cb"}))[0] == 201
         await until(lambda: len(a.cnm.ctl.endpoints()) == 5, "b's endpoint on a")
+        # Every host programmed every joined remote endpoint (a: cb; b: c1 and c2) before the baseline.
+        await until(
+            lambda: sum(map(len, fdb(a).values())) == 1 and sum(map(len, fdb(b).values())) == 2, "FDBs"
+        )
         await settled(a)
         checked = 0
         for op in OPS:
