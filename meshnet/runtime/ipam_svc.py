@@ -690,6 +690,18 @@ class IpamService(BaseService):
     def netcfg(self, network_id: str) -> NetConfig | None:
         return self.core.netcfg(network_id) if self.core is not None else None
 
+    def needs_network(self, network_id: str) -> bool:
+        """Whether IPAM must stay joined to the network's NetworkDB network (a leave would delete its
+        records there cluster-wide): it uses the network (created or attached; the core has no detach
+        yet, so this stays true), or it writes an ``ipam.*`` entry there (its blocks, grants, copies)."""
+        if self.core is None or network_id in self.core.attached_networks():
+            return True
+        db = self.node.db.core
+        me = self.node.name
+        return any(
+            e.owner == me for table in TABLES for e in db.walk_table(table, network_id, include_hidden=True)
+        )
+
     # ------------------------------------------------------------------ more operations
 
     async def reclaim(self, nodes: Sequence[str], *, force: bool = False) -> Reclaimed:

@@ -243,7 +243,9 @@ async def test_restart_with_state_resumes_at_once_and_a_joiner_gets_a_block_by_m
         b = await c.start("b", "127.0.8.144", join="a")
         await a.create_network(NET, subnets=["10.9.0.0/24"])
         await wait_for(lambda: b.netcfg(NET) is not None)
+        assert not b.needs_network(NET) and not b.needs_network("f" * 24)
         await b.attach(NET)  # the contract's network attach (the hook is attach(node))
+        assert b.needs_network(NET) and a.needs_network(NET) and not b.needs_network("f" * 24)
         got = await b.allocate_event(NET, tag="b-ep1")
         assert got.owner == "b" and own_blocks(b, NET)  # a whole block was granted to b
         assert b.counters["messages_sent"] >= 1 and a.counters["messages_received"] >= 1
