@@ -7,31 +7,27 @@ directory, partitions and healing, loss, duplication, reordering and replays of 
 message, graceful leave, reap, explicit reclaim of a crashed host (the operator asserts it is gone:
 its state directory is never used again), and time.
 
-Safety, after every step. Ground truth is every host's durable state directory (crashed and partitioned
-hosts included) plus the running cores:
+Targeted rules put an ordinary fault at the worst instant, which uniform rule choice reaches rarely:
+a donor crashing right after it handles a request for space, a dead host reclaimed on two hosts at once,
+a replay of an old grant to a node that has given the block away since.
 
-* S1 at most one believer per block (durable; and in memory among the running cores);
-* S2 no address held twice: per address, the holders recorded by believers plus the proxy holdings of
-  every state directory name at most one (node, tag);
-* S3 per (space, block, epoch) at most one grant target and at most one believer, over the whole
-  history of persisted decisions (genesis included), among identities whose state directory still
-  exists (a grant to, or a belief of, an identity whose directory is gone can never be acted on; an
-  epoch it used may be reused by a reclaimer that never saw it); S1 is also checked at every persist,
-  so a transient double belief inside a run counts;
-* S4 a state directory's high-water marks and view never decrease, nor does a running core's view
-  within one life (a crash may lose what was not yet persisted); blocks not believed hold no
-  allocations;
-* S5 reserved addresses are never allocated; dynamic picks stay inside the subnet and its ip-range;
-* S6 distinct networks never share a VNI, and a network has one config everywhere;
-* S7 identities are never reused (the harness asserts it) and a retired identity never gains a belief.
+Safety, after every step and at every persist (``tests/unit/ipam/safety.py``): S1 one believer per
+block, S2 no address held twice, S3 one grant target and one believer per (block, epoch) over history,
+S4 monotone high-water marks and views, S5 reserved addresses and ranges, S6 no shared VNI, S7 retired
+identities never believe again. Ground truth is every host's state directory (crashed and partitioned
+hosts included) plus the running cores.
 
 Liveness (``heal_and_settle`` and at teardown): heal, stop faults, restart crashed hosts, attach every
 node to every network, run 120 s; then L2 views agree and free hints are exact, L3 no grant to an alive
 node is unconfirmed and no reclaim is pending, L1 every node can allocate within 10 s in every network
 where an alive node owns a free address, L6 concurrent network creations all succeed with distinct VNIs.
 
-Mutation tests (S9): with one safety check removed (``IpamConfig.unsafe_*``, or a reclaim forced onto a
-live partitioned node) hypothesis must find a counterexample to S1/S2/S3.
+Mutation tests (S9): with one safety check removed (``IpamConfig.unsafe_*``: the epoch check on grants,
+the write-ahead order, the reclaim acknowledgements; or a reclaim forced onto a live partitioned node)
+a focused machine (the same invariants, fewer rules, the targeted ones kept) must find an S1/S2/S3/S6
+counterexample within ``MUTATION``'s budget; each has a control, the same focused machine with the
+check in place, which must find nothing. Determinism: the machine run twice with one seed yields the
+same harness trace hashes.
 """
 
 from __future__ import annotations
