@@ -401,6 +401,12 @@ def test_restart_with_state_resumes_at_once_and_reclaim_frees_a_killed_agents_sp
     for agent in (a, c2):
         assert agent.proc.wait(timeout=30) == 0, pool.describe()
     assert time.monotonic() - t0 < 20.0, pool.describe()
+    # A restart after that graceful leave (same name, same state directory) starts and serves the API:
+    # the retired IPAM identity's state is kept aside and a new one starts.
+    a2 = pool.start("i1", a.ip, port=a.port)
+    assert (a.state / "ipam.retired-1").is_dir()
+    assert a2.call("GET", "/v1/agent")["services"]["ipam"]["identity"] == "i1"
+    assert a2.call("GET", "/v1/ipam")["node"] == "i1"
 
 
 def test_bench_ipam_smoke(tmp_path: Path):
