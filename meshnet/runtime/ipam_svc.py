@@ -32,10 +32,14 @@ payloads apart from other services' requests on the same NetworkDB.
 
 Identity: the core's identity name is the gossip member name (``--name``), so that NetworkDB's sender
 names and the gossip verdicts speak of the same identities; the host id is the name as well. A state
-directory resumes the identity, its beliefs and allocations at once (``Ipam.restore``). The founder of
-the cluster (no ``--join`` and no IPAM state) believes the VNI and pool spaces. The global tables count
-as synced for the core when the node founded the cluster, or ``global_sync_timeout`` seconds after its
-gossip join completed (NetworkDB reports a sync only for joins made while peers are known).
+directory resumes the identity, its beliefs and allocations at once (``Ipam.restore``). ``leave`` (the
+agent's graceful leave: SIGTERM, ``meshnetctl leave``) is the core's: blocks go to heirs and the identity
+is retired; a restart with that state directory keeps the retired state aside (``ipam.retired-N``) and
+starts a new identity under the same name, which the core fences today (operations answer ``conflict``)
+because retirement is recorded by name (.coord/requests.md; a core change). The founder of the cluster
+(no ``--join`` and no IPAM history) believes the VNI and pool spaces. The global tables count as synced
+for the core when the node founded the cluster, or ``global_sync_timeout`` seconds after its first peer
+appeared (NetworkDB reports a sync only for joins made while peers are known).
 
 State files (``STATE_DIR/ipam/``, format 1): ``ipam.snap`` (pickle of the whole durable record map,
 replaced atomically) and ``ipam.log`` (frames ``u32 length, u32 crc32, pickle of one Persist's
