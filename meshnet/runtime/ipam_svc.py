@@ -36,7 +36,7 @@ directory resumes the identity, its beliefs and allocations at once (``Ipam.rest
 agent's graceful leave: SIGTERM, ``meshnetctl leave``) is the core's: blocks go to heirs and the identity
 is retired; a restart with that state directory keeps the retired state aside (``ipam.retired-N``) and
 starts a new identity under the same name, which the core fences today (operations answer ``conflict``)
-because retirement is recorded by name (.coord/requests.md; a core change). The founder of the cluster
+because retirement is recorded by name (to be scoped by incarnation in the core). The founder of the cluster
 (no ``--join`` and no IPAM history) believes the VNI and pool spaces. The global tables count as synced
 for the core when the node founded the cluster, or ``global_sync_timeout`` seconds after its first peer
 appeared (NetworkDB reports a sync only for joins made while peers are known).
