@@ -43,7 +43,19 @@ class OwnerRole:
     """Mixin of ``Ipam``: the believer's side. State lives on ``Ipam`` (``core.py``)."""
 
     def _init_owner(self: Any) -> None:
-        pass
+        #: (space, block) -> (the allocations mapping it was computed for, its free count): a block's
+        #: mapping is replaced, never mutated, on every change, so identity tells whether it is current
+        self._free_cache: dict[tuple[SpaceId, int], tuple[Any, int]] = {}
+
+    def _block_free(self: Any, sid: SpaceId, k: int, allocs: Any) -> int:
+        """Free pickable units of believed block ``k`` (cached per allocations mapping: a local
+        allocation costs O(believed blocks), not O(believed blocks x allocations))."""
+        hit = self._free_cache.get((sid, k))
+        if hit is not None and hit[0] is allocs:
+            return hit[1]
+        n = self._spaces[sid].free_in(k, allocs)
+        self._free_cache[(sid, k)] = (allocs, n)
+        return n
 
     # ------------------------------------------------------------------ local allocation
 
@@ -52,7 +64,7 @@ class OwnerRole:
         best: tuple[tuple[int, int], int] | None = None
         for k in self._believed_blocks(sid):
             b = self._block(sid, k)
-            if sp.free_in(k, b.allocs) <= 0:
+            if self._block_free(sid, k, b.allocs) <= 0:
                 continue
             key = (-len(b.allocs), k)
             if best is None or key < best[0]:
@@ -79,8 +91,7 @@ class OwnerRole:
         self._touch_hint(sid, k, now)
 
     def _free_total(self: Any, sid: SpaceId) -> int:
-        sp = self._spaces[sid]
-        return sum(sp.free_in(k, self._block(sid, k).allocs) for k in self._believed_blocks(sid))
+        return sum(self._block_free(sid, k, self._block(sid, k).allocs) for k in self._believed_blocks(sid))
 
     # ------------------------------------------------------------------ requests
 
