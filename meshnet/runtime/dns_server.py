@@ -199,6 +199,7 @@ class ResolverServer:
             self._nursery = None
             for fd in list(self._up_socks):
                 self._close_upstream(fd)
+            trio.lowlevel.notify_closing(self._epoll.fileno())  # trio waited on it: forget it first
             self._epoll.close()
             udp.close()
             tcp.close()
