@@ -1,6 +1,8 @@
 """The embedded DNS with real clients in real namespaces (issue 6): ``dig`` and ``getent`` inside sandboxes.
 
-The lab (until the netns harness and the cnm service land): two agents ``h1`` and ``h2`` (real ``Node``s
+The lab (``test_dns_harness.py`` runs the same names with real agent processes in the netns harness;
+this one adds what needs control inside the agent: upstream limits, a silent upstream, crash injection):
+two agents ``h1`` and ``h2`` (real ``Node``s
 with gossip, NetworkDB and ``DnsService``) in this trio process on 127.66.0.1/2; the cnm service's
 writes are done by hand: network records in ``networks``, endpoint records in ``endpoint_table`` written
 by the endpoint's own host, sandboxes handed to each agent's ``DnsService`` through ``StaticSandboxes``.
