@@ -429,4 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this copy's: the subcommand modules raise meshnet.ctl's
+    # exception classes, which are not __main__'s.
+    from meshnet.ctl import main as _main
+
+    sys.exit(_main())
