@@ -11,6 +11,11 @@ one line on stderr naming the fix, and exit code 2. SIGTERM/SIGINT leave the clu
 exit 0. Logs go to stderr, one line per membership event. The agent runs NetworkDB beside the gossip
 layer in every mode, ``--dataplane none`` included.
 
+``--dataplane kernel`` (the default; needs root) runs the CNM service with the kernel dataplane: the VXLAN
+overlay in namespaces named ``{--netns-prefix}ov-VNI`` and sandboxes ``{--netns-prefix}sb-NAME`` (default
+prefix ``mn-``), the tunnel endpoint ``--data-addr`` (default the advertise IP); ``--dataplane none`` runs
+the same control plane on an in-memory dataplane. Config keys ``data_addr`` and ``netns_prefix``.
+
 ``--state-dir`` (default ``/var/lib/meshnet/NAME``) keeps what a restart needs: the NetworkDB Lamport
 high-water mark, the cluster id, the joined networks and this node's own entries
 (``meshnet/runtime/state.py``). Restarted with the same directory the agent re-asserts the entries it
