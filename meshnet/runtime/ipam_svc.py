@@ -24,10 +24,11 @@ its ``run`` nursery, never in a hook:
   depends on it leaves the host.
 - *Timer.* One task sleeps until ``next_deadline`` and calls ``handle_timer``.
 
-Direct messages: the core treats them as one-way datagrams with its own retries and matching, so each
-``SendMessage`` is one ``NetworkDB.request`` (``MESSAGE_PREFIX`` + payload, over TCP above
-``RELIABLE_ABOVE`` bytes) that is never answered; the receiver feeds the payload to its core, whose
-answer is a request of its own. The requester's ``RequestTimedOut`` is ignored. The prefix keeps IPAM
+Direct messages: the core treats them as one-way datagrams with its own retries and matching, so its
+``SendMessage``s become ``NetworkDB.request``s that are never answered: the messages of one pump for one
+node go in one request (``MESSAGE_PREFIX`` + payload for one, ``BATCH_PREFIX`` + length-prefixed
+payloads for several, split below ``max_request_bytes``; over TCP above ``RELIABLE_ABOVE`` bytes); the
+receiver feeds each payload to its core, whose answer is a request of its own. The requester's ``RequestTimedOut`` is ignored. The prefix keeps IPAM
 payloads apart from other services' requests on the same NetworkDB.
 
 Identity: the core's identity name is the gossip member name (``--name``), so that NetworkDB's sender
@@ -128,12 +129,19 @@ __all__ = [
     "ipam_api_error",
     "netcfg_json",
     "MESSAGE_PREFIX",
+    "BATCH_PREFIX",
+    "encode_requests",
+    "decode_request",
 ]
 
 log = logging.getLogger("meshnet.ipam")
 
-#: Marks a NetworkDB request payload as an IPAM message.
+#: Marks a NetworkDB request payload as one IPAM message ...
 MESSAGE_PREFIX = b"ipam\x00"
+#: ... or as a batch of IPAM messages for one node (``encode_batch``).
+BATCH_PREFIX = b"ipam\x01"
+#: A batch request stays below NetworkDB's max_request_bytes (64 KiB by default) by this margin.
+BATCH_MARGIN = 1024
 #: IPAM messages longer than this go over TCP (a UDP datagram carries about 1,400 bytes).
 RELIABLE_ABOVE = 1000
 #: Tables the service watches (hidden entries included).
@@ -143,6 +151,7 @@ COMPACT_MIN_FRAMES = 2048
 PERSIST_RETRY_INTERVAL = 1.0
 STORE_FORMAT = 1
 _FRAME = struct.Struct(">II")
+_LEN = struct.Struct(">I")
 #: Operation durations kept per kind for ``stats()`` (the benchmark reads them).
 LATENCY_SAMPLES = 4096
 #: Slack over the core's own budget before an operation's wait gives up (the core never hangs).
@@ -173,6 +182,55 @@ def ipam_api_error(err: Exception) -> ApiError:
     if isinstance(err, LocalProtocolError | ValueError):
         return ApiError(400, "invalid", str(err))
     return ApiError(500, "internal", f"{type(err).__name__}: {err}")
+
+
+# ---------------------------------------------------------------------- message framing
+
+
+def encode_requests(payloads: Sequence[bytes], max_bytes: int) -> list[bytes]:
+    """The NetworkDB request payloads carrying ``payloads`` (IPAM messages for one node, in order): one
+    message alone as ``MESSAGE_PREFIX + payload``; several as ``BATCH_PREFIX`` + frames (u32 length +
+    payload), each request at most ``max_bytes`` long. A message too large even alone is returned alone
+    (NetworkDB refuses it; the caller counts it)."""
+    out: list[bytes] = []
+    group: list[bytes] = []
+    size = len(BATCH_PREFIX)
+
+    def flush() -> None:
+        if len(group) == 1:
+            out.append(MESSAGE_PREFIX + group[0])
+        elif group:
+            out.append(BATCH_PREFIX + b"".join(_LEN.pack(len(p)) + p for p in group))
+
+    for p in payloads:
+        need = _LEN.size + len(p)
+        if group and size + need > max_bytes:
+            flush()
+            group, size = [], len(BATCH_PREFIX)
+        group.append(p)
+        size += need
+    flush()
+    return out
+
+
+def decode_request(data: bytes) -> list[bytes] | None:
+    """The IPAM messages in a NetworkDB request payload; None if it is not IPAM's or is malformed."""
+    if data.startswith(MESSAGE_PREFIX):
+        return [data[len(MESSAGE_PREFIX) :]]
+    if not data.startswith(BATCH_PREFIX):
+        return None
+    out = []
+    pos = len(BATCH_PREFIX)
+    while pos < len(data):
+        if pos + _LEN.size > len(data):
+            return None
+        (n,) = _LEN.unpack_from(data, pos)
+        pos += _LEN.size
+        if n == 0 or pos + n > len(data):
+            return None
+        out.append(data[pos : pos + n])
+        pos += n
+    return out or None
 
 
 # ---------------------------------------------------------------------- state files
@@ -454,7 +512,9 @@ class IpamService(BaseService):
             "writes": 0,
             "write_errors": 0,
             "messages_sent": 0,
+            "requests_sent": 0,
             "send_errors": 0,
+            "bad_batches": 0,
             "messages_received": 0,
             "alarms": 0,
         }
@@ -557,10 +617,14 @@ class IpamService(BaseService):
                     )
                     queued = True
             elif kind is RequestReceived:
-                if ev.payload.startswith(MESSAGE_PREFIX):
-                    payload = ev.payload[len(MESSAGE_PREFIX) :]
-                    self.counters["messages_received"] += 1
-                    self._inbox.append(lambda t, n=ev.node, p=payload: core.receive_message(n, p, now=t))
+                if ev.payload.startswith(MESSAGE_PREFIX) or ev.payload.startswith(BATCH_PREFIX):
+                    payloads = decode_request(ev.payload)
+                    if payloads is None:
+                        self.counters["bad_batches"] += 1
+                        continue
+                    self.counters["messages_received"] += len(payloads)
+                    for payload in payloads:
+                        self._inbox.append(lambda t, n=ev.node, p=payload: core.receive_message(n, p, now=t))
                     queued = True
             elif kind is NetworkSynced:
                 if ev.network == "" and not ev.peers and not self._global_synced:
@@ -938,17 +1002,24 @@ class IpamService(BaseService):
             except LocalProtocolError as exc:
                 self.counters["write_errors"] += 1
                 log.warning("IPAM write %s/%r/%s refused by NetworkDB: %s", w.table, w.network, w.key, exc)
+        # One request per destination and burst (a leave hands thousands of blocks to one heir: one
+        # datagram each would overflow the node's send queue), in the core's order.
+        by_node: dict[str, list[bytes]] = {}
         for m in messages:
-            payload = MESSAGE_PREFIX + m.payload
-            try:
-                db.request(m.node, payload, now=now, reliable=len(payload) > RELIABLE_ABOVE)
-                self.counters["messages_sent"] += 1
-            except LocalProtocolError as exc:
-                self.counters["send_errors"] += 1
-                # No address known (the node is gone): the core retries or moves on. Too large: a bug
-                # worth seeing (the core splits what it knows can grow).
-                too_large = len(payload) > self.node.db.settings.config.max_request_bytes
-                (log.warning if too_large else log.debug)("IPAM message to %s not sent: %s", m.node, exc)
+            by_node.setdefault(m.node, []).append(m.payload)
+        limit = self.node.db.settings.config.max_request_bytes
+        for node, payloads in by_node.items():
+            for payload in encode_requests(payloads, max(limit - BATCH_MARGIN, 1)):
+                try:
+                    db.request(node, payload, now=now, reliable=len(payload) > RELIABLE_ABOVE)
+                    self.counters["requests_sent"] += 1
+                except LocalProtocolError as exc:
+                    self.counters["send_errors"] += 1
+                    # No address known (the node is gone): the core retries or moves on. Too large: a
+                    # bug worth seeing (the core splits what it knows can grow).
+                    too_large = len(payload) > limit
+                    (log.warning if too_large else log.debug)("IPAM message to %s not sent: %s", node, exc)
+            self.counters["messages_sent"] += len(payloads)
 
     def _on_core_event(self, ev: Any) -> None:
         if isinstance(ev, Alarm):

@@ -18,7 +18,15 @@ from meshnet.ctl_ipam import format_blocks, runs
 from meshnet.ipam import Conflict, Exhausted, InUse, Persist, ReclaimRefused, Unknown, Unreachable
 from meshnet.runtime import Node
 from meshnet.runtime.db import DbSettings
-from meshnet.runtime.ipam_svc import IpamService, IpamStore, ipam_api_error
+from meshnet.runtime.ipam_svc import (
+    BATCH_PREFIX,
+    MESSAGE_PREFIX,
+    IpamService,
+    IpamStore,
+    decode_request,
+    encode_requests,
+    ipam_api_error,
+)
 from tests.shell.ndb_helpers import FAST, NDB, api_request
 
 NET = "0123456789abcdef01234567"
@@ -84,6 +92,20 @@ def test_api_error_mapping():
         api = ipam_api_error(err)
         assert isinstance(api, ApiError) and (api.status, api.code) == (status, code)
         assert str(err) in api.message
+
+
+def test_messages_for_one_node_are_batched_below_the_request_limit():
+    assert encode_requests([b"one"], 100) == [MESSAGE_PREFIX + b"one"]
+    payloads = [bytes([i]) * (10 + i) for i in range(40)]
+    requests = encode_requests(payloads, 200)
+    assert len(requests) > 1 and all(len(r) <= 200 for r in requests)
+    assert all(r.startswith(BATCH_PREFIX) or r.startswith(MESSAGE_PREFIX) for r in requests)
+    assert [p for r in requests for p in decode_request(r)] == payloads  # order kept
+    huge = encode_requests([b"x" * 500, b"y"], 200)
+    assert huge == [MESSAGE_PREFIX + b"x" * 500, MESSAGE_PREFIX + b"y"]
+    # Not IPAM's, or malformed: None (counted by the service, never raised).
+    for bad in (b"other", BATCH_PREFIX, BATCH_PREFIX + b"\x00\x00\x00\x09abc", BATCH_PREFIX + b"\x00\x00"):
+        assert decode_request(bad) is None
 
 
 def test_ls_table_merges_runs_of_blocks():
@@ -350,6 +372,21 @@ async def test_a_graceful_leave_retires_the_identity_and_a_restart_moves_its_sta
         b2 = await c.start("b", "127.0.8.149", join="a")
         assert os.path.isdir(tmp_path / "b.state" / "ipam.retired-1")
         assert not b2.core.is_retired and not own_blocks(b2, NET)
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_founder_leaving_hands_every_vni_and_pool_block_to_its_heir(tmp_path: Path):
+    async with trio.open_nursery() as nursery:
+        c = Cluster(nursery, tmp_path)
+        a = await c.start("a", "127.0.8.150")
+        b = await c.start("b", "127.0.8.151", join="a")
+        await wait_for(lambda: b.core.global_config() is not None and b.core.believed())
+        total = len(a.core.believed()) + len(b.core.believed())
+        assert total == 4095 + 256  # VNI blocks and pool blocks
+        await c.nodes["a"].leave()  # thousands of grants to one heir: batched requests, none lost
+        c.nodes["a"].stop()
+        await wait_for(lambda: len(b.core.believed()) == total, timeout=30)
+        assert c.svcs["a"].counters["requests_sent"] < c.svcs["a"].counters["messages_sent"] / 10
         nursery.cancel_scope.cancel()
 
 
