@@ -31,7 +31,14 @@ from .errors import (  # noqa: E402  isort: skip
     NotLocal,
     NotSupported,
 )
-from .sandboxes import SANDBOXES_FILE, Sandbox, decode_sandboxes, encode_sandboxes  # noqa: E402  isort: skip
+from .sandboxes import (  # noqa: E402  isort: skip
+    SANDBOXES_FILE,
+    Sandbox,
+    SandboxState,
+    decode_sandbox_state,
+    decode_sandboxes,
+    encode_sandboxes,
+)
 from .steps import (  # noqa: E402  isort: skip
     Action,
     AllocateAddress,
@@ -78,6 +85,8 @@ __all__ = [
     "SANDBOXES_FILE",
     "encode_sandboxes",
     "decode_sandboxes",
+    "decode_sandbox_state",
+    "SandboxState",
     "Action",
     "Local",
     "Step",

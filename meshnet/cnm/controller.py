@@ -52,7 +52,7 @@ from .records import (
     decode_network,
     mac_from_ip,
 )
-from .sandboxes import Sandbox, encode_sandboxes
+from .sandboxes import Sandbox, decode_sandbox_state, encode_sandboxes
 from .steps import (
     Action,
     AllocateAddress,
@@ -160,7 +160,20 @@ class Controller:
         self._networks: dict[str, NetworkRecord] = {}
         self._endpoints: dict[str, dict[str, EndpointRecord]] = {}  # network id -> endpoint id -> record
         self._sandboxes: dict[str, Sandbox] = {sb.id: sb for sb in sandboxes}
+        # Copies of the joined endpoints' records and their networks from sandboxes.json (``load_state``):
+        # used only while the tables lack them (a restart before the sync).
+        self._saved_networks: dict[str, NetworkRecord] = {}
+        self._saved_endpoints: dict[str, EndpointRecord] = {}
         self.counters: dict[str, int] = {"bad_network_records": 0, "bad_endpoint_records": 0}
+
+    def load_state(self, data: bytes) -> None:
+        """Adopt ``sandboxes.json`` (a restart): its sandboxes, and its copies of the joined endpoints'
+        records and their networks, which ``host_view`` uses until the tables have them. Call it before
+        any operation. ``BadSandboxState`` (nothing changed) when the file is malformed."""
+        state = decode_sandbox_state(data)
+        self._sandboxes = {sb.id: sb for sb in state.sandboxes}
+        self._saved_networks = {n.id: n for n in state.networks}
+        self._saved_endpoints = {e.id: e for e in state.endpoints}
 
     # --- the mirror (remote input: never raises) --------------------------------------------------
 
@@ -280,19 +293,44 @@ class Controller:
                 return sb
         return None
 
+    def _joined_records(self) -> tuple[dict[str, NetworkRecord], dict[str, EndpointRecord]]:
+        """The records (tables first, else the saved copies) of every joined endpoint and its network."""
+        nets: dict[str, NetworkRecord] = {}
+        eps: dict[str, EndpointRecord] = {}
+        for sb in self._sandboxes.values():
+            for ep_id, _ in sb.interfaces:
+                ep = self._find_local(ep_id) or self._saved_endpoints.get(ep_id)
+                if ep is None:
+                    continue
+                ep = replace(ep, sandbox=sb.id)  # as it is once joined (the file then never depends on order)
+                eps[ep.id] = ep
+                net = self._networks.get(ep.network) or self._saved_networks.get(ep.network)
+                if net is not None:
+                    nets[net.id] = net
+        return nets, eps
+
     def sandboxes_json(self) -> bytes:
-        """The bytes of ``sandboxes.json`` for the current sandboxes."""
-        return encode_sandboxes(list(self._sandboxes.values()))
+        """The bytes of ``sandboxes.json``: the sandboxes and copies of their endpoints' records."""
+        nets, eps = self._joined_records()
+        return encode_sandboxes(list(self._sandboxes.values()), list(nets.values()), list(eps.values()))
 
     def host_view(self, *, underlay_mtu: int | None = None) -> HostView:
-        """The overlay reconciler's input (``meshnet.overlay.desired``)."""
+        """The overlay reconciler's input (``meshnet.overlay.desired``): the tables, plus the saved copies
+        of joined endpoints' records and networks the tables do not have (yet)."""
+        networks = self.networks()
+        endpoints = self.endpoints()
+        if self._saved_networks or self._saved_endpoints:
+            nets, eps = self._joined_records()
+            known_eps = {ep.id for ep in endpoints}
+            networks += [n for n in nets.values() if n.id not in self._networks]
+            endpoints += [e for e in eps.values() if e.id not in known_eps]
         return HostView(
             host=self.config.host,
             netns_prefix=self.config.netns_prefix,
             underlay_mtu=underlay_mtu if underlay_mtu is not None else self.config.underlay_mtu,
             vtep=self.config.vtep,
-            networks=tuple(self.networks()),
-            endpoints=tuple(self.endpoints()),
+            networks=tuple(networks),
+            endpoints=tuple(endpoints),
             sandboxes=tuple(
                 LocalSandbox(id=sb.id, netns=sb.netns, managed=sb.managed, interfaces=sb.interfaces)
                 for sb in self.sandboxes()

@@ -3,6 +3,11 @@
 Sandboxes are local to a host: nothing about them is replicated except the ``sandbox`` field of the
 endpoint records joined to them. The ``cnm`` service keeps them in ``sandboxes.json`` so a restarted agent
 adopts them (and their namespaces, and the interface names inside them) without disturbing anything.
+
+The file also keeps a copy of the records of the joined endpoints and of their networks (``endpoints``,
+``networks``: the NetworkDB JSON of each). A restarted agent describes its own overlay from them until
+the tables have synced, so nothing local is torn down while the network record (written by another
+host) is still on its way. The copies never override what the tables say.
 """
 
 from __future__ import annotations
@@ -14,8 +19,23 @@ from typing import Any
 from meshnet.dataplane.ops import valid_netns
 
 from .errors import BadSandboxState
+from .records import (
+    EndpointRecord,
+    NetworkRecord,
+    decode_endpoint,
+    decode_network,
+    encode_endpoint,
+    encode_network,
+)
 
-__all__ = ["Sandbox", "encode_sandboxes", "decode_sandboxes", "SANDBOXES_FILE"]
+__all__ = [
+    "Sandbox",
+    "SandboxState",
+    "encode_sandboxes",
+    "decode_sandboxes",
+    "decode_sandbox_state",
+    "SANDBOXES_FILE",
+]
 
 #: The file name under the agent's state directory.
 SANDBOXES_FILE = "sandboxes.json"
@@ -73,10 +93,49 @@ class Sandbox:
         }
 
 
-def encode_sandboxes(sandboxes: list[Sandbox] | tuple[Sandbox, ...]) -> bytes:
-    """The file's bytes: ``{"version": 1, "sandboxes": [...]}``, sorted by id, stable."""
-    body = {"version": 1, "sandboxes": [sb.to_json() for sb in sorted(sandboxes, key=lambda s: s.id)]}
+@dataclass(frozen=True, slots=True)
+class SandboxState:
+    """Everything ``sandboxes.json`` holds: the sandboxes and the record copies (module docstring)."""
+
+    sandboxes: tuple[Sandbox, ...] = ()
+    networks: tuple[NetworkRecord, ...] = ()
+    endpoints: tuple[EndpointRecord, ...] = ()
+
+
+def encode_sandboxes(
+    sandboxes: list[Sandbox] | tuple[Sandbox, ...],
+    networks: list[NetworkRecord] | tuple[NetworkRecord, ...] = (),
+    endpoints: list[EndpointRecord] | tuple[EndpointRecord, ...] = (),
+) -> bytes:
+    """The file's bytes: ``{"version": 1, "sandboxes": [...], "networks": [...], "endpoints": [...]}``,
+    each sorted by id, stable."""
+    body = {
+        "version": 1,
+        "sandboxes": [sb.to_json() for sb in sorted(sandboxes, key=lambda s: s.id)],
+        "networks": [json.loads(encode_network(n)) for n in sorted(networks, key=lambda n: n.id)],
+        "endpoints": [json.loads(encode_endpoint(e)) for e in sorted(endpoints, key=lambda e: e.id)],
+    }
     return json.dumps(body, sort_keys=True, indent=1).encode() + b"\n"
+
+
+def decode_sandbox_state(data: bytes) -> SandboxState:
+    """The whole file; ``BadSandboxState`` names what is wrong (the caller adds the path)."""
+    sandboxes = decode_sandboxes(data)
+    body = json.loads(data)
+    networks, endpoints = [], []
+    for key, decode, out in (
+        ("networks", decode_network, networks),
+        ("endpoints", decode_endpoint, endpoints),
+    ):
+        raw = body.get(key, [])
+        if not isinstance(raw, list):
+            raise BadSandboxState(f"{key} must be a list")
+        for i, obj in enumerate(raw):
+            try:
+                out.append(decode(json.dumps(obj).encode()))
+            except ValueError as exc:
+                raise BadSandboxState(f"{key}[{i}]: {exc}") from None
+    return SandboxState(tuple(sandboxes), tuple(networks), tuple(endpoints))
 
 
 def decode_sandboxes(data: bytes) -> list[Sandbox]:

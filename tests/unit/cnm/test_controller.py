@@ -22,12 +22,15 @@ from meshnet.cnm import (
     NotSupported,
     Reconcile,
     SubnetRecord,
+    decode_sandbox_state,
     decode_sandboxes,
     encode_endpoint,
     encode_network,
     mac_from_ip,
 )
 from meshnet.core.errors import LocalProtocolError
+from meshnet.dataplane import DelFdbEntry, DelNeighbour
+from meshnet.overlay import desired, plan
 
 from .helpers import Injected, World
 
@@ -478,3 +481,45 @@ def test_api_bodies_missing_required_fields_are_invalid_requests():
         w.ctl.attach_from({"network": "front"}, now=1.0)
     with pytest.raises(InvalidRequest, match="must be a JSON object"):
         w.ctl.attach_from(["x"], now=1.0)
+
+
+def test_a_restart_describes_its_overlay_from_sandboxes_json_before_the_tables_sync():
+    w, net = setup_world()
+    w.ok(w.ctl.attach(network="front", sandbox="c1", now=3.0))
+    remote = EndpointRecord(
+        id="r" * 24,
+        name="far",
+        network=net.id,
+        host="h2",
+        vtep="192.0.2.2",
+        mac=mac_from_ip("10.0.1.90"),
+        ipv4="10.0.1.90",
+        sandbox="s" * 24,
+    )
+    w.ctl.apply_endpoint_entry(net.id, remote.id, encode_endpoint(remote))
+    w.reconcile()
+    programmed = w.dp.dump()
+    state = decode_sandbox_state(w.persisted)
+    assert [n.id for n in state.networks] == [net.id]
+    assert [e.name for e in state.endpoints] == ["c1"]
+    # A new controller with nothing from the tables yet.
+    w.ctl = Controller(CnmConfig("h1", "192.0.2.1"), rng=random.Random(5))
+    w.ctl.load_state(w.persisted)
+    d = desired(w.ctl.host_view())
+    early = plan(d, w.dp.observe(d.scope(w.dp.namespaces())))
+    assert early == (
+        DelFdbEntry(netns="mn-ov-4097", dev="vxlan0", mac=remote.mac),
+        DelNeighbour(netns="mn-ov-4097", dev="vxlan0", ip="10.0.1.90"),
+    )
+    # The tables arrive: nothing to do, and the copies never override them.
+    for (table, network, key), value in w.tables.items():
+        if table == "networks":
+            w.ctl.apply_network_entry(key, value)
+        else:
+            w.ctl.apply_endpoint_entry(network, key, value)
+    w.ctl.apply_endpoint_entry(net.id, remote.id, encode_endpoint(remote))
+    d = desired(w.ctl.host_view())
+    assert plan(d, w.dp.observe(d.scope(w.dp.namespaces()))) == ()
+    assert w.dp.dump() == programmed
+    with pytest.raises(BadSandboxState, match="networks"):
+        w.ctl.load_state(b'{"version": 1, "sandboxes": [], "networks": [{"id": 5}]}')
