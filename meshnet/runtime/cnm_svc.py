@@ -22,7 +22,8 @@ the last operation.
 ``Dataplane`` in a worker thread (the dataplane blocks); a refused plan is re-observed and re-planned.
 After a restart with adopted sandboxes the service is *settling* until it joined the cluster and
 ``settle_delay`` passed (bounded by ``reconcile_interval`` + 30 s): the tables may not have synced yet,
-so only additive ops are applied (no ``Del*``), and adoption never disturbs working connectivity.
+so no FDB or neighbour entry is removed; the local half of the overlay is described from the record copies
+in ``sandboxes.json`` (``Controller.load_state``). Adoption never disturbs working connectivity.
 
 *NetworkDB networks.* ``AttachNetwork`` joins the network's NetworkDB network (and IPAM's attach) and
 waits up to ``sync_timeout`` for its sync. ``DetachNetwork`` leaves it only when IPAM says it no longer
@@ -57,9 +58,9 @@ from meshnet.cnm import steps as st
 from meshnet.cnm.controller import CnmConfig, Controller
 from meshnet.cnm.errors import BadSandboxState, CnmError
 from meshnet.cnm.records import TABLE_ENDPOINTS, TABLE_NETWORKS, encode_endpoint, encode_network
-from meshnet.cnm.sandboxes import SANDBOXES_FILE, Sandbox, decode_sandboxes
+from meshnet.cnm.sandboxes import SANDBOXES_FILE
 from meshnet.core.errors import ApiError, ConfigError, DataplaneError, LocalProtocolError
-from meshnet.dataplane import DelAddress, DelFdbEntry, DelLink, DelNeighbour, DelNetns
+from meshnet.dataplane import DelFdbEntry, DelNeighbour
 from meshnet.gossip import events as gev
 from meshnet.ipam import IpamError
 from meshnet.networkdb import EntryCreated, EntryDeleted, EntryUpdated, NetworkSynced
@@ -74,7 +75,8 @@ log = logging.getLogger("meshnet.cnm")
 RECONCILE_ATTEMPTS = 3
 #: After a wake-up the loop waits this long, so a burst of table changes (a bulk sync) costs one pass.
 RECONCILE_DEBOUNCE = 0.05
-_DELETES = (DelNetns, DelLink, DelAddress, DelFdbEntry, DelNeighbour)
+#: What a settling host holds back: remote entries the not yet synced tables do not mention (yet).
+_HELD_WHILE_SETTLING = (DelFdbEntry, DelNeighbour)
 _SIOCGIFADDR = 0x8915
 _SIOCGIFMTU = 0x8921
 
@@ -208,15 +210,15 @@ class CnmService(BaseService):
         self.vtep = str(ipaddress.ip_address(self.data_addr or node.advertise_addr[0]))
         if self._underlay_mtu is None:
             self._underlay_mtu = underlay_mtu(self.vtep)
-        sandboxes = self._load_sandboxes()
-        self._adopted = any(sb.interfaces for sb in sandboxes)
         self.ctl = Controller(
             CnmConfig(
                 host=node.name, vtep=self.vtep, netns_prefix=self.prefix, underlay_mtu=self._underlay_mtu
             ),
             rng=random.Random(self.rng.getrandbits(64)),
-            sandboxes=sandboxes,
         )
+        self._load_state()
+        sandboxes = self.ctl.sandboxes()
+        self._adopted = any(sb.interfaces for sb in sandboxes)
         core = node.db.core
         self._watches = {
             core.watch(table=TABLE_NETWORKS, network="", include_hidden=True): TABLE_NETWORKS,
@@ -226,19 +228,22 @@ class CnmService(BaseService):
         if sandboxes:
             log.info("adopted %d sandboxes from %s", len(sandboxes), self.state_dir)
 
-    def _load_sandboxes(self) -> list[Sandbox]:
+    def _load_state(self) -> None:
+        """Adopt ``sandboxes.json``: the sandboxes and the copies of their endpoints' and networks'
+        records, which describe this host's overlay until the tables have synced (``Controller.load_state``)."""
+        assert self.ctl is not None
         if self.state_dir is None:
-            return []
+            return
         path = os.path.join(self.state_dir, SANDBOXES_FILE)
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
         except FileNotFoundError:
-            return []
+            return
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror}; fix its permissions") from None
         try:
-            return decode_sandboxes(data)
+            self.ctl.load_state(data)
         except BadSandboxState as exc:
             raise ConfigError(
                 f"{path}: {exc}; fix or remove it (its containers are then forgotten)"
@@ -528,7 +533,7 @@ class CnmService(BaseService):
 
     async def _reconcile(self) -> int:
         """One reconcile pass (the caller holds the lock): observe, plan, apply; re-plan after a refusal.
-        While settling only additive ops are applied. Returns the number of ops applied; raises the last
+        While settling no FDB or neighbour entry is removed. Returns the number of ops applied; raises the last
         DataplaneError after RECONCILE_ATTEMPTS."""
         assert self.ctl is not None
         self.counters["reconciles"] += 1
@@ -543,7 +548,7 @@ class CnmService(BaseService):
             snap = await trio.to_thread.run_sync(self.dp.observe, want.scope(self._existing()))
             ops = plan(want, snap)
             if self._settling():
-                ops = tuple(op for op in ops if not isinstance(op, _DELETES))
+                ops = tuple(op for op in ops if not isinstance(op, _HELD_WHILE_SETTLING))
             if not ops:
                 return applied
             try:
