@@ -395,7 +395,7 @@ def _entries(v: Any, lim: Limits) -> tuple[WireEntry, ...]:
 
 
 #: ``skip(network)`` returns a predicate over the undecoded entries (msgpack lists, not validated) of a
-#: ``TableEvents`` for ``network``, or None to decode them all. The predicate is True for an entry the
+#: ``TableEvents`` or a ``BulkSync`` section for ``network``, or None to decode them all. The predicate is True for an entry the
 #: receiver already holds, which is then neither validated nor decoded; it must not raise for any input.
 SkipEntry = Callable[[str], Callable[[Any], bool] | None]
 
@@ -434,7 +434,13 @@ def _body(kind: Kind, v: Any, lim: Limits, skip: SkipEntry | None = None) -> Bod
         sections = []
         for s in _list(f[8], "sections"):
             sf = _list(s, "section", 2)
-            sections.append((_str(sf[0], "section network", lim.max_network_bytes), _entries(sf[1], lim)))
+            network = _str(sf[0], "section network", lim.max_network_bytes)
+            held = None if skip is None else skip(network)
+            if held is None:
+                sections.append((network, _entries(sf[1], lim)))
+            else:
+                raws = _list(sf[1], "entries")
+                sections.append((network, tuple(_entry(e, lim) for e in raws if not held(e))))
         return BulkSync(
             sync_id=_int(f[0], "sync_id", 0, _MAX_ID),
             mode=sync_mode,

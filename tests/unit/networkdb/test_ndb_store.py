@@ -564,3 +564,17 @@ class TestThroughputPaths:
                 db.put_entries("t", "n", bad, now=0.0)
             assert db.walk_table("t", "n") == before
         assert [e.key for e in db.put_entries("t", "n", [("a", b"9"), ("c", b"3")], now=0.0)] == ["a", "c"]
+
+    def test_bulk_sync_entries_already_held_are_skipped_too(self):
+        from meshnet.networkdb.messages import SyncMode
+
+        db = self.peered()
+        db.receive(PEER, table_msg("b", "n", WireEntry("t", "k", b"v", "b", 5)), now=0.0)
+        entries = [WireEntry("t", "k", b"v", "b", 5), WireEntry("t", "k2", b"w", "b", 6)]
+        (payload,) = codec.encode_bulk_sync(
+            "b", "", sync_id=9, mode=SyncMode.PUSH, networks=("n",), attachments=(),
+            want=("n",), sections=[("n", entries)], max_bytes=1 << 20,
+        )  # fmt: skip
+        db.receive(PEER, payload, now=0.0)
+        assert db.stats()["duplicate_entries"] == 1
+        assert db.get_entry("t", "n", "k2").value == b"w"
