@@ -82,9 +82,10 @@ def endpoint_json(svc: Any, ep: EndpointRecord) -> dict[str, Any]:
 
 def sandbox_json(svc: Any, sb: Sandbox) -> dict[str, Any]:
     names = {n.id: n.name for n in svc.ctl.networks()}
+    local = {e.id: e for e in svc.ctl.local_endpoints()} if sb.interfaces else {}
     endpoints = []
     for ep_id, ifname in sb.interfaces:
-        rec = next((e for e in svc.ctl.local_endpoints() if e.id == ep_id), None)
+        rec = local.get(ep_id)
         item: dict[str, Any] = {"id": ep_id, "ifname": ifname}
         if rec is not None:
             item.update(
