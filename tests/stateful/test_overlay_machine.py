@@ -9,8 +9,9 @@ dataplane after each delivery; operations reconcile their own namespaces.
 
 Rules: create networks, attach (new or existing sandbox), leave + delete an endpoint, delete a sandbox,
 an attach with a failure injected at a random step, drift (an FDB entry deleted and a neighbour altered
-by hand, then reconciled), restart (a new controller from ``sandboxes.json`` and the tables, a new
-dataplane object over the kernel state the old one left: adoption must plan nothing).
+by hand, then reconciled), restart (a new controller from ``sandboxes.json``: before the tables arrive
+it may only plan removals of remote entries; with the tables, adoption plans nothing, also through a
+new dataplane object over the kernel state the old one left).
 
 Invariants after every step:
 
@@ -45,7 +46,7 @@ from meshnet.cnm import (
     encode_endpoint,
     encode_network,
 )
-from meshnet.dataplane import AddNeighbour, DelFdbEntry, MemoryDataplane
+from meshnet.dataplane import AddNeighbour, DelFdbEntry, DelNeighbour, MemoryDataplane
 from meshnet.overlay import desired, overlay_netns, plan
 from tests.unit.cnm.helpers import FakeIpam, Injected, World
 
@@ -240,11 +241,13 @@ class OverlayMachine(RuleBasedStateMachine):
         h = self._host(i)
         h.deliver()
         programmed = h.dp.dump()
-        h.ctl = Controller(
-            CnmConfig(h.host, h.vtep),
-            rng=random.Random(self.rng.random()),
-            sandboxes=decode_sandboxes(h.persisted),
-        )
+        h.ctl = Controller(CnmConfig(h.host, h.vtep), rng=random.Random(self.rng.random()))
+        h.ctl.load_state(h.persisted)
+        assert h.ctl.sandboxes() == sorted(decode_sandboxes(h.persisted), key=lambda sb: (sb.name, sb.id))
+        # Before the tables sync, sandboxes.json alone describes the local overlay: the only ops are the
+        # removals of remote entries (which the runtime holds back while it settles).
+        early = h.full_plan()
+        assert all(isinstance(op, DelFdbEntry | DelNeighbour) for op in early), early[:5]
         for (table, network, key), value in sorted(self.tables.rows.items()):
             h.feed((table, network, key), value)
         # The kernel outlives the agent: the same dataplane state, seen by a new dataplane object too.
