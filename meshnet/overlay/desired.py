@@ -9,10 +9,13 @@ Rules (docs/agent-services.md section 3; libnetwork.md 3.2-3.4):
   joined local endpoint: ``ve-{id[:8]}`` on ``br0``, up, its peer the sandbox's ``ethN`` with the
   endpoint's MAC and ``address/prefix`` of its subnet, up. Every link has the overlay MTU: the network's
   ``mtu`` or ``underlay_mtu - 50``.
-- For every *remote* endpoint of such a network that is joined to a sandbox (``record.host !=
-  view.host`` and ``record.sandbox`` set; libnetwork adds its peer record at Join): a permanent neighbour
-  entry IP -> MAC for each of its addresses and a permanent FDB entry MAC -> its host's VTEP, both on
-  ``vxlan0``. An endpoint that is created but not joined has no container behind it yet.
+- For every *remote* endpoint of such a network (``record.host != view.host``), joined or not: a
+  permanent neighbour entry IP -> MAC for each of its addresses and a permanent FDB entry MAC -> its
+  host's VTEP, both on ``vxlan0``. libnetwork adds its peer record only at Join; meshnet's record exists
+  from endpoint creation (address allocated), which is earlier in ``attach`` than the plug on the
+  endpoint's host, so peers are programmed while that host plugs and a container's first ARP is
+  answered instead of waiting out a retransmission (bench/overlay_propagation.py). Frames to an endpoint
+  not plugged yet end at its host's bridge, as they would for any absent MAC.
 - Sandboxes meshnet created exist (``lo`` up) whether or not anything is joined.
 
 Bad or conflicting records are remote input: they are dropped and listed in ``DesiredState.dropped``,
@@ -237,7 +240,7 @@ def _remote_entries(
             claimed_macs.add(ep.mac)
     fdb: dict[str, str] = {}
     neighbours: dict[str, str] = {}
-    for ep in sorted((e for e in eps if e.host != view.host and e.sandbox), key=lambda e: e.id):
+    for ep in sorted((e for e in eps if e.host != view.host), key=lambda e: e.id):
         if view.vtep is not None and ep.vtep == view.vtep:
             dropped.append(f"endpoint {ep.id}: host {ep.host} claims this host's VTEP {ep.vtep}")
             continue

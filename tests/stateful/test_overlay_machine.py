@@ -18,8 +18,8 @@ Invariants after every step:
 * every host's dataplane equals ``desired(view)``: a full re-plan is empty;
 * addresses held in IPAM are exactly those of the endpoint records (rollback leaks nothing);
 * once every queue is delivered: for every host with an overlay for a network, ``vxlan0`` holds exactly
-  one FDB entry (MAC -> VTEP of its host) and one neighbour (IP -> MAC) per joined endpoint of the
-  network on another host, computed from the tables, not from ``desired``; and a host has an overlay
+  one FDB entry (MAC -> VTEP of its host) and one neighbour (IP -> MAC) per endpoint of the network on
+  another host, computed from the tables, not from ``desired``; and a host has an overlay
   namespace for a network exactly when one of its sandboxes is joined to it.
 """
 
@@ -293,7 +293,7 @@ class OverlayMachine(RuleBasedStateMachine):
             for n in local_nets:
                 ns = overlay_netns("mn-", nets[n].vni)
                 state = h.dp.observe([ns]).get(ns)
-                remote = [ep for ep in eps if ep.network == n and ep.host != h.host and ep.sandbox]
+                remote = [ep for ep in eps if ep.network == n and ep.host != h.host]
                 assert {(e.mac, e.dst) for e in state.fdb} == {(ep.mac, vtep[ep.host]) for ep in remote}
                 assert {(x.ip, x.mac) for x in state.neighbours if x.dev == "vxlan0"} == {
                     (ep.ipv4, ep.mac) for ep in remote

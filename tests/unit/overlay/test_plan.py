@@ -108,11 +108,13 @@ def test_no_overlay_without_a_joined_local_endpoint():
     assert d.managed_sandboxes == frozenset({"mn-sb-web"})
 
 
-def test_remote_endpoints_that_are_not_joined_get_no_entries():
+def test_remote_endpoints_get_entries_before_they_are_joined():
     v = view([LOCAL1, REMOTE3, replace(REMOTE4, sandbox="")], [sandbox("web", (LOCAL1, "eth0"))])
     ov = desired(v).overlays[OV_A]
-    assert dict(ov.fdb) == {REMOTE3.mac: "192.0.2.2"}
-    assert dict(ov.neighbours) == {"10.0.1.3": REMOTE3.mac}
+    assert dict(ov.fdb) == {REMOTE3.mac: "192.0.2.2", REMOTE4.mac: "192.0.2.3"}
+    assert dict(ov.neighbours) == {"10.0.1.3": REMOTE3.mac, "10.0.1.4": REMOTE4.mac}
+    # ... but a host with only unjoined local endpoints has no overlay at all.
+    assert desired(view([replace(LOCAL1, sandbox=""), REMOTE3], [sandbox("web")])).overlays == {}
 
 
 def test_a_remote_endpoint_that_disappears_loses_exactly_its_entries():
