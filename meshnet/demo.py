@@ -167,20 +167,32 @@ class _Demo:
 
     def explore(self) -> None:
         n = _cmd(self.netns_cli)
-        api = self.h.api("h1")
-        lines = [
-            "",
-            "The cluster keeps running. Explore it:",
-            f"  {n} status                                   hosts, agents, containers, namespaces",
-            f"  {n} exec client -- ping web                  (or: ip addr, ip route, ...)",
-            f"  {n} container db --host h3 --network {NETWORK}    another container",
-            f"  {n} exec h1 -- ip -n h1-ov-<vni> ...          a host's namespace (h1..), or mnu (underlay)",
-            f"  {self.ctl_bin} --api {api} members           (or: network ls, endpoint ls, db networks)",
-            f"  {n} ctl h2 -- network inspect {NETWORK}",
-            f"  agent logs: {self.h.run_dir}/h1.log ...",
-            "Tear it down:",
-            f"  scripts/demo --down      (or: {n} down)",
-        ]
+        h = self.h
+        st = h.state()
+        extra = ""
+        if h.prefix:
+            extra += f" --prefix {h.prefix}"
+        if str(h.run_dir) != "/run/meshnet-netns":
+            extra += f" --run-dir {h.run_dir}"
+        lines = ["", "The cluster keeps running. Explore it:"]
+        lines.append(f"  {n} status          # hosts, agents, containers, namespaces")
+        if st.get("containers"):
+            lines.append(
+                f"  {n} exec client -- ping web          # or: ip addr, ip route, cat /etc/resolv.conf"
+            )
+            lines.append(f"  {n} container db --host h3 --network {NETWORK}")
+            try:
+                vni = h.call("h2", "GET", f"/v1/networks/{NETWORK}", timeout=10)["vni"]
+                overlay = f"{h.host_netns('h2')}-ov-{vni}"
+                lines.append(f"  ip netns exec {overlay} bridge fdb show dev vxlan0     # h2's overlay")
+            except (ctl.AgentUnreachable, ctl.AgentError, KeyError):
+                pass
+        lines.append(f"  {n} exec h2 -- ip addr          # a host (h1..), or mnu: the underlay")
+        lines.append(f"  {self.ctl_bin} --api {h.api('h1')} members          # or: network ls, endpoint ls")
+        lines.append(f"  {n} ctl h2 -- network inspect {NETWORK}")
+        lines.append(f"  agent logs: {h.run_dir}/h1.log ... h{len(h.host_names())}.log")
+        lines.append("Tear it down:")
+        lines.append(f"  scripts/demo --down{extra}          # or: {n} down")
         self.say("\n".join(lines))
 
 
