@@ -9,10 +9,11 @@ measured agent is h1's. First the reference, in the same run: h1 idle in the con
 network (``--idle`` seconds of CPU time from ``/proc/PID/stat``, ``VmRSS`` at the end). Then h1 creates
 ``--networks`` networks (a /20 each) and attaches one local container to all of them (an overlay namespace
 per network only exists on a host with a local sandbox), and the other hosts attach ``--per-network``
-containers to each network through their own APIs, spread evenly (``POST /v1/attach``; one sandbox per host
-and network holds that host's endpoints as eth0, eth1, ...: real veths and real endpoint records, fewer
-namespaces). h1 thus has ``networks x per-network`` remote endpoints to program: a permanent FDB and
-neighbour entry each in its overlay namespaces. The run waits until h1's kernel holds all of them
+containers to each network through their own APIs, spread evenly (``POST /v1/attach``; a sandbox holds
+one endpoint per network, so sandbox ``bulk-K`` on a host is joined to every network as eth0, eth1, ...:
+real veths and real endpoint records, with a fifth of the namespaces). h1 thus has
+``networks x per-network`` remote endpoints to program: a permanent FDB and neighbour entry each in its
+overlay namespaces. The run waits until h1's kernel holds all of them
 (counted with ``ip -n ... neigh``), lets it settle, and measures the same idle window again: idle CPU
 (percent of one core), RSS, peak RSS (``VmHWM``), thread count, and the ratios to the reference. The
 other agents' figures are given too (each of them holds its own share of local endpoints plus the rest as
@@ -118,9 +119,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             made = 0
             share = [len(range(i, args.per_network, len(remote_hosts))) for i in range(len(remote_hosts))]
             count = share[remote_hosts.index(host)]
-            for net in networks:
-                for k in range(count):
-                    body = {"network": net, "sandbox": f"bulk-{net}", "name": f"{net}-{host}-{k}"}
+            for k in range(count):
+                for net in networks:
+                    body = {"network": net, "sandbox": f"bulk-{k}", "name": f"{net}-{host}-{k}"}
                     h.call(host, "POST", "/v1/attach", body, timeout=120)
                     made += 1
             return made
