@@ -58,7 +58,7 @@ _COMMON = dict(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 MAIN = {
-    "ci": settings(derandomize=True, max_examples=25, stateful_step_count=30, **_COMMON),
+    "ci": settings(derandomize=True, max_examples=100, stateful_step_count=30, **_COMMON),
     "dev": settings(max_examples=200, stateful_step_count=50, **_COMMON),
 }[PROFILE]
 #: mutation runs stop at the first counterexample (no shrinking: the point is that one exists)
