@@ -23,7 +23,8 @@ predecessors left. The orders (libnetwork.md 1.2-1.6):
   leave) -> endpoint entry without sandbox.
 - sandbox delete: leave every joined endpoint (last joined first), then the sandbox, then (by default,
   as ``docker rm`` does) delete the endpoints it had.
-- attach: sandbox create if missing, endpoint create, join: one operation, all or nothing.
+- attach: endpoint create, sandbox create if missing, join: one operation, all or nothing (the endpoint
+  first, so peers program its record while this host creates and plugs the sandbox).
 
 Ids are 24 lowercase hex characters from the injected ``random.Random``. Name lookups: an exact id
 first, then the name; several networks with one name (created concurrently on two hosts) resolve to the
@@ -926,9 +927,11 @@ class Controller:
                 )
         ep_id = self._endpoint_id()
         steps: list[Step] = []
+        # The endpoint first: its record reaches the peers (which program it) while this host creates
+        # the sandbox and plugs it.
+        steps += self._endpoint_steps(net, ep_id, ep_name, addr, aliases_t, service_s)
         if new_sandbox:
             steps += self._sandbox_create_steps(sb)
-        steps += self._endpoint_steps(net, ep_id, ep_name, addr, aliases_t, service_s)
         put = next(s for s in steps if s.name == "put_endpoint")
         steps += self._join_steps(
             sb.id,
