@@ -306,9 +306,10 @@ async def test_a_failure_at_any_step_of_any_operation_leaves_nothing_behind(tmp_
         await until(lambda: any(n.name == "web" for n in b.cnm.ctl.networks()), "web on b")
         assert (await b.call("POST", "/v1/attach", {"network": "web", "sandbox": "cb"}))[0] == 201
         await until(lambda: len(a.cnm.ctl.endpoints()) == 5, "b's endpoint on a")
-        # Every host programmed every joined remote endpoint (a: cb; b: c1 and c2) before the baseline.
+        # Every host programmed every remote endpoint, joined or not (a: cb; b: c1, c2, lone, lone2),
+        # before the baseline.
         await until(
-            lambda: sum(map(len, fdb(a).values())) == 1 and sum(map(len, fdb(b).values())) == 2, "FDBs"
+            lambda: sum(map(len, fdb(a).values())) == 1 and sum(map(len, fdb(b).values())) == 4, "FDBs"
         )
         await settled(a)
         checked = 0
