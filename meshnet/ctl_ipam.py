@@ -6,7 +6,11 @@
 ``ls`` shows, per space (a network's subnet; ``vni`` and ``pool`` of the global network ``-``), runs of
 consecutive blocks with the same owner, epoch and state as one row (``--blocks``: one row per block),
 with the free units summed. ``OWNER STATE`` is the owner as this agent sees it: ``self``, ``alive``,
-``failed``, ``left``, ``retired`` or ``unknown``. ``reclaim`` is never automatic: run it only for a node
+``failed``, ``left``, ``retired`` or ``unknown``. ``OWNER`` is the owner's host (its agent's ``--name``),
+``IDENTITY`` the IPAM identity on it (``HOST~`` + 8 hex digits: a new one after a graceful leave or a
+restart without the state directory). ``reclaim NODE`` takes a host name (its identities that are not
+running: all of them if the host is gone, else the ones it superseded) or an exact identity name.
+``reclaim`` is never automatic: run it only for a node
 that is gone for good (its containers dead); it waits for the other members' acknowledgements (up to the
 IPAM reclaim budget, 30 s) and refuses while the node is alive or another member does not answer, unless
 ``--force``. Exit codes as ``meshnetctl`` documents (0 ok, 1 refused / unreachable / failing, 2 usage).
@@ -31,7 +35,8 @@ def runs(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Consecutive blocks of one space with the same owner, owner state, epoch and state, merged."""
     out: list[dict[str, Any]] = []
     for b in blocks:
-        key = (b["network"], b["space"], b["owner"], b["owner_state"], b["epoch"], b["state"])
+        ident = b.get("owner_identity", b["owner"])
+        key = (b["network"], b["space"], b["owner"], ident, b["owner_state"], b["epoch"], b["state"])
         last = out[-1] if out else None
         if last is not None and last["_key"] == key and last["block_last"] + 1 == b["block"]:
             last["block_last"] = b["block"]
@@ -43,10 +48,22 @@ def runs(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def format_blocks(blocks: list[dict[str, Any]], *, merge: bool = True) -> str:
-    """``ipam ls``: NETWORK SPACE BLOCKS RANGE OWNER OWNER-STATE EPOCH STATE FREE."""
+    """``ipam ls``: NETWORK SPACE BLOCKS RANGE OWNER OWNER-STATE EPOCH STATE FREE IDENTITY."""
     if not blocks:
         return "no IPAM spaces known here"
-    rows = [("NETWORK", "SPACE", "BLOCKS", "RANGE", "OWNER", "OWNER STATE", "EPOCH", "STATE", "FREE")]
+    head = (
+        "NETWORK",
+        "SPACE",
+        "BLOCKS",
+        "RANGE",
+        "OWNER",
+        "OWNER STATE",
+        "EPOCH",
+        "STATE",
+        "FREE",
+        "IDENTITY",
+    )
+    rows = [head]
     items = runs(blocks) if merge else [dict(b, block_last=b["block"]) for b in blocks]
     for b in items:
         span = str(b["block"]) if b["block_last"] == b["block"] else f"{b['block']}-{b['block_last']}"
@@ -61,6 +78,7 @@ def format_blocks(blocks: list[dict[str, Any]], *, merge: bool = True) -> str:
                 str(b["epoch"]),
                 b["state"],
                 str(b["free"]),
+                b.get("owner_identity") or "-",
             )
         )
     return _table(rows)
@@ -81,8 +99,10 @@ def _reclaim(path: str, args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(body, indent=2))
         return
-    targets = ", ".join(body["targets"])
+    targets = ", ".join(body["targets"]) or "nobody"
     line = f"reclaimed {body['blocks']} blocks of {targets}"
+    if body.get("hosts"):
+        line += f" (host {', '.join(body['hosts'])})"
     if body["abandoned"]:
         line += f" ({body['abandoned']} left to a newer owner or a concurrent reclaimer)"
     if body.get("force"):
@@ -110,7 +130,12 @@ def register(sub: Any) -> None:
         description="Reclaim the blocks of NODE (failed, left or reaped, and gone for good: its containers "
         "are dead). Refused while NODE is alive or another member does not answer, unless --force.",
     )
-    rc.add_argument("node", metavar="NODE", nargs="+", help="the node name(s)")
+    rc.add_argument(
+        "node",
+        metavar="NODE",
+        nargs="+",
+        help="a host (agent --name: its identities that are not running) or an IPAM identity (HOST~xxxxxxxx)",
+    )
     rc.add_argument(
         "--force",
         action="store_true",

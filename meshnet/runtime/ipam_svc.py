@@ -79,6 +79,7 @@ import math
 import os
 import pickle
 import random
+import re
 import struct
 import zlib
 from collections import deque
@@ -88,7 +89,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import trio
 
-from meshnet.core.errors import ApiError, ConfigError, LocalProtocolError
+from meshnet.core.errors import ApiError, ConfigError, DecodeError, LocalProtocolError
 from meshnet.gossip import events as gev
 from meshnet.ipam import (
     TABLE_BLOCK,
@@ -114,6 +115,15 @@ from meshnet.ipam import (
     Unknown,
     Unreachable,
 )
+from meshnet.ipam.records import (
+    NodeRecord,
+    decode_block,
+    decode_node,
+    encode_node,
+    parse_block_key,
+    parse_writer_key,
+)
+from meshnet.ipam.state import Identity
 from meshnet.networkdb import (
     ClusterIdSet,
     EntryCreated,
@@ -128,18 +138,22 @@ __all__ = [
     "IpamStore",
     "ipam_api_error",
     "netcfg_json",
-    "MESSAGE_PREFIX",
-    "BATCH_PREFIX",
+    "FRAME_PREFIX",
+    "TABLE_IDENTITY",
     "encode_requests",
     "decode_request",
+    "identity_host",
 ]
 
 log = logging.getLogger("meshnet.ipam")
 
-#: Marks a NetworkDB request payload as one IPAM message ...
-MESSAGE_PREFIX = b"ipam\x00"
-#: ... or as a batch of IPAM messages for one node (``encode_batch``).
-BATCH_PREFIX = b"ipam\x01"
+#: Marks a NetworkDB request payload as IPAM messages between two identities (``encode_requests``).
+#: (``ipam\x00``/``ipam\x01``, the framings without identity names, are no longer accepted.)
+FRAME_PREFIX = b"ipam\x02"
+#: The table of the service's own records: key = host (gossip name), value = that host's current IPAM
+#: identity name (UTF-8), written by the host itself (NetworkDB's owner authority makes a restarted
+#: host's value win over its previous life's).
+TABLE_IDENTITY = "ipam.identity"
 #: A batch request stays below NetworkDB's max_request_bytes (64 KiB by default) by this margin.
 BATCH_MARGIN = 1024
 #: IPAM messages longer than this go over TCP (a UDP datagram carries about 1,400 bytes).
@@ -152,6 +166,9 @@ PERSIST_RETRY_INTERVAL = 1.0
 STORE_FORMAT = 1
 _FRAME = struct.Struct(">II")
 _LEN = struct.Struct(">I")
+_NAME_LEN = struct.Struct(">H")
+#: The suffix of an identity name (``HOST~`` + 8 hex digits of the incarnation).
+_SUFFIX = re.compile(r"[0-9a-f]{8}")
 #: Operation durations kept per kind for ``stats()`` (the benchmark reads them).
 LATENCY_SAMPLES = 4096
 #: Slack over the core's own budget before an operation's wait gives up (the core never hangs).
@@ -187,40 +204,47 @@ def ipam_api_error(err: Exception) -> ApiError:
 # ---------------------------------------------------------------------- message framing
 
 
-def encode_requests(payloads: Sequence[bytes], max_bytes: int) -> list[bytes]:
-    """The NetworkDB request payloads carrying ``payloads`` (IPAM messages for one node, in order): one
-    message alone as ``MESSAGE_PREFIX + payload``; several as ``BATCH_PREFIX`` + frames (u32 length +
-    payload), each request at most ``max_bytes`` long. A message too large even alone is returned alone
-    (NetworkDB refuses it; the caller counts it)."""
+def encode_requests(payloads: Sequence[bytes], max_bytes: int, *, src: str, dst: str) -> list[bytes]:
+    """The NetworkDB request payloads carrying ``payloads`` (IPAM messages from identity ``src`` for
+    identity ``dst``, in order): ``FRAME_PREFIX``, the two names (u16 length + UTF-8 each), then the
+    messages as frames (u32 length + payload), each request at most ``max_bytes`` long. A message too
+    large even alone is returned alone (NetworkDB refuses it; the caller counts it)."""
+    head = FRAME_PREFIX + b"".join(_NAME_LEN.pack(len(b)) + b for b in (src.encode(), dst.encode()))
     out: list[bytes] = []
     group: list[bytes] = []
-    size = len(BATCH_PREFIX)
-
-    def flush() -> None:
-        if len(group) == 1:
-            out.append(MESSAGE_PREFIX + group[0])
-        elif group:
-            out.append(BATCH_PREFIX + b"".join(_LEN.pack(len(p)) + p for p in group))
-
+    size = len(head)
     for p in payloads:
         need = _LEN.size + len(p)
         if group and size + need > max_bytes:
-            flush()
-            group, size = [], len(BATCH_PREFIX)
-        group.append(p)
+            out.append(head + b"".join(group))
+            group, size = [], len(head)
+        group.append(_LEN.pack(len(p)) + p)
         size += need
-    flush()
+    if group:
+        out.append(head + b"".join(group))
     return out
 
 
-def decode_request(data: bytes) -> list[bytes] | None:
-    """The IPAM messages in a NetworkDB request payload; None if it is not IPAM's or is malformed."""
-    if data.startswith(MESSAGE_PREFIX):
-        return [data[len(MESSAGE_PREFIX) :]]
-    if not data.startswith(BATCH_PREFIX):
+def decode_request(data: bytes) -> tuple[str, str, list[bytes]] | None:
+    """(sender identity, destination identity, IPAM messages) of a NetworkDB request payload; None if it
+    is not IPAM's or is malformed."""
+    if not data.startswith(FRAME_PREFIX):
         return None
+    pos = len(FRAME_PREFIX)
+    names = []
+    for _ in range(2):
+        if pos + _NAME_LEN.size > len(data):
+            return None
+        (n,) = _NAME_LEN.unpack_from(data, pos)
+        pos += _NAME_LEN.size
+        if n == 0 or pos + n > len(data):
+            return None
+        try:
+            names.append(data[pos : pos + n].decode())
+        except UnicodeDecodeError:
+            return None
+        pos += n
     out = []
-    pos = len(BATCH_PREFIX)
     while pos < len(data):
         if pos + _LEN.size > len(data):
             return None
@@ -230,7 +254,14 @@ def decode_request(data: bytes) -> list[bytes] | None:
             return None
         out.append(data[pos : pos + n])
         pos += n
-    return out or None
+    return (names[0], names[1], out) if out else None
+
+
+def identity_host(name: str) -> str:
+    """The host (gossip name) an IPAM identity name spells: ``HOST~xxxxxxxx`` -> ``HOST``; any other
+    name (an identity made before names carried a suffix) is its own host."""
+    base, sep, suffix = name.rpartition("~")
+    return base if sep and base and _SUFFIX.fullmatch(suffix) else name
 
 
 # ---------------------------------------------------------------------- state files
@@ -410,14 +441,15 @@ def netcfg_json(c: NetConfig) -> dict[str, Any]:
     }
 
 
-def _block_json(b: Any) -> dict[str, Any]:
+def _block_json(b: Any, host_of: Callable[[str], str] = identity_host) -> dict[str, Any]:
     return {
         "network": b.network,
         "space": b.space,
         "block": b.block,
         "first": b.first,
         "last": b.last,
-        "owner": b.owner,
+        "owner": host_of(b.owner) if b.owner else "",
+        "owner_identity": b.owner,
         "epoch": b.epoch,
         "state": b.state,
         "free": b.free,
@@ -499,6 +531,19 @@ class IpamService(BaseService):
         self._global_synced = False
         self._founder = False
         self._running = False
+        #: identity name -> host (gossip name), from verified ``ipam.node`` records and ``ipam.identity``
+        self._host_by_ident: dict[str, str] = {}
+        #: host -> the identity names known on it; host -> its current identity (``ipam.identity``)
+        self._idents: dict[str, set[str]] = {}
+        self._current: dict[str, str] = {}
+        #: host -> gossip verdict (alive | failed | left); identity -> the verdict the core was told
+        self._gossip: dict[str, str] = {}
+        self._told: dict[str, str] = {}
+        #: names of this host's earlier identities already shown to the core (predecessor adoption)
+        self._predecessors: set[str] = set()
+        #: identities whose node record the core has (from NetworkDB, or made here for a predecessor)
+        self._noded: set[str] = set()
+        self._identity_watch: Any = None
         self.persist_error: str | None = None
         #: the latest durations (s) of successful operations, by kind (``stats()["latency_ms"]``)
         self._latency: dict[str, deque[float]] = {}
@@ -516,6 +561,11 @@ class IpamService(BaseService):
             "send_errors": 0,
             "bad_batches": 0,
             "messages_received": 0,
+            "misaddressed_messages": 0,
+            "foreign_messages": 0,
+            "foreign_records": 0,
+            "undeliverable_messages": 0,
+            "predecessors_found": 0,
             "alarms": 0,
         }
 
@@ -552,9 +602,10 @@ class IpamService(BaseService):
                 log.warning("IPAM state not resumed (%s); moved to %s, starting a new identity", exc, aside)
                 records, retired = {}, True
         if core is not None:
-            if core.name != node.name:
+            if core.identity.host != node.name:
                 raise ConfigError(
-                    f"IPAM state belongs to {core.name!r}, not {node.name!r}; pass --name {core.name}"
+                    f"IPAM state belongs to host {core.identity.host!r} (identity {core.name}), not "
+                    f"{node.name!r}; pass --name {core.identity.host}"
                 )
             log.info(
                 "IPAM identity %s resumed from %s: %d blocks believed",
@@ -567,17 +618,15 @@ class IpamService(BaseService):
             # Founder: no --join and no IPAM history here. A retired identity's successor is not one even
             # without --join: the cluster (and its VNI space) exists already.
             self._founder = not node.seeds and bool(cid) and not retired
-            core = Ipam.fresh(
-                self.config,
-                host=node.name,
-                name=node.name,
-                rng=rng,
-                now=now,
-                cluster_id=cid,
-                founder=self._founder,
-            )
+            # A new identity: a name of its own (HOST~ + the incarnation's low 32 bits), never the name of
+            # an earlier identity of this host (ipam.md 3.10); host = the gossip name.
+            inc = rng.getrandbits(64)
+            ident = Identity(f"{node.name}~{inc & 0xFFFFFFFF:08x}", node.name, inc, 0, cid)
+            core = Ipam(self.config, identity=ident, rng=rng, now=now, founder=self._founder)
             log.info("IPAM identity %s created%s", core.name, " (cluster founder)" if self._founder else "")
         self.core = core
+        self._learn(core.name, node.name)
+        self._current[node.name] = core.name
         if db.core.cluster_id and not core.cluster_id:
             core.set_cluster_id(db.core.cluster_id, now=now)
         if not node.seeds:
@@ -586,6 +635,7 @@ class IpamService(BaseService):
             core.network_synced("", now=now)
         for table in TABLES:
             self._watches.add(db.core.watch(table=table, include_hidden=True))
+        self._identity_watch = db.core.watch(table=TABLE_IDENTITY, include_hidden=True)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         assert self.core is not None, "attach(node) first"
@@ -597,6 +647,11 @@ class IpamService(BaseService):
             missing = [n for n in self.core.attached_networks() if n not in joined]
             if missing:
                 self.node.db_input(lambda now: [self.node.db.core.join_network(n, now=now) for n in missing])
+            # Announce this host's current identity (peers map its gossip verdicts to it).
+            me, ident = self.node.name, self.core.name.encode()
+            self.node.db_input(
+                lambda now: self.node.db.core.put_entry(TABLE_IDENTITY, "", me, ident, now=now)
+            )
             self._pump()
             task_status.started()
             await self._inbox_loop()
@@ -610,21 +665,18 @@ class IpamService(BaseService):
             kind = type(ev)
             if kind is EntryCreated or kind is EntryUpdated:
                 if ev.watch_id in self._watches:
-                    self._inbox.append(
-                        lambda t, e=ev: core.handle_record(
-                            e.table, e.network, e.key, e.value, owner=e.owner, now=t
-                        )
-                    )
+                    self._inbox.append(lambda t, e=ev: self._on_record(e, t))
+                    queued = True
+                elif ev.watch_id == self._identity_watch:
+                    self._inbox.append(lambda t, e=ev: self._on_identity(e, t))
                     queued = True
             elif kind is RequestReceived:
-                if ev.payload.startswith(MESSAGE_PREFIX) or ev.payload.startswith(BATCH_PREFIX):
-                    payloads = decode_request(ev.payload)
-                    if payloads is None:
+                if ev.payload.startswith(b"ipam"):
+                    decoded = decode_request(ev.payload)
+                    if decoded is None:
                         self.counters["bad_batches"] += 1
                         continue
-                    self.counters["messages_received"] += len(payloads)
-                    for payload in payloads:
-                        self._inbox.append(lambda t, n=ev.node, p=payload: core.receive_message(n, p, now=t))
+                    self._inbox.append(lambda t, n=ev.node, d=decoded: self._on_messages(n, *d, t))
                     queued = True
             elif kind is NetworkSynced:
                 if ev.network == "" and not ev.peers and not self._global_synced:
@@ -645,13 +697,13 @@ class IpamService(BaseService):
         fn: Callable[[float], Any] | None = None
         if isinstance(event, gev.MemberJoined | gev.MemberUpdated):
             if event.member.name != me and event.member.state == "alive":
-                fn = lambda t, n=event.member.name: core.node_alive(n, now=t)  # noqa: E731
+                fn = lambda t, n=event.member.name: self._verdict(n, "alive", t)  # noqa: E731
         elif isinstance(event, gev.MemberFailed):
-            fn = lambda t, n=event.member.name: core.node_failed(n, now=t)  # noqa: E731
+            fn = lambda t, n=event.member.name: self._verdict(n, "failed", t)  # noqa: E731
         elif isinstance(event, gev.MemberLeft):
-            fn = lambda t, n=event.member.name: core.node_left(n, now=t)  # noqa: E731
+            fn = lambda t, n=event.member.name: self._verdict(n, "left", t)  # noqa: E731
         elif isinstance(event, gev.MemberReaped):
-            fn = lambda t, n=event.name: core.node_left(n, now=t)  # noqa: E731
+            fn = lambda t, n=event.name: self._verdict(n, "left", t)  # noqa: E731
         if not self._global_synced and (
             isinstance(event, gev.JoinCompleted) or (isinstance(event, gev.MemberJoined) and fn is not None)
         ):
@@ -686,6 +738,8 @@ class IpamService(BaseService):
         out: dict[str, Any] = dict(self.counters)
         if self.core is not None:
             out["identity"] = self.core.name
+            out["host"] = self.core.identity.host
+            out["hosts"] = {h: self._current.get(h, "") for h in sorted(self._idents)}
             out["core"] = self.core.stats()
         out["pending_ops"] = len(self._ops)
         out["persist_queue"] = len(self._persist_queue)
@@ -773,8 +827,10 @@ class IpamService(BaseService):
     # ------------------------------------------------------------------ more operations
 
     async def reclaim(self, nodes: Sequence[str], *, force: bool = False) -> Reclaimed:
-        """``meshnetctl ipam reclaim``: take the space of nodes asserted gone (single winner)."""
-        targets = list(nodes)
+        """``meshnetctl ipam reclaim``: take the space of nodes asserted gone (single winner). A host
+        (gossip) name stands for its identities that are not running: all of them if the host is not
+        alive, else its superseded ones; an exact identity name for itself."""
+        targets = self._reclaim_targets(nodes)
         ev = await self._run_op(
             lambda now: self.core.reclaim(targets, force=force, now=now), self.config.reclaim_budget
         )
@@ -803,8 +859,8 @@ class IpamService(BaseService):
                 known = self.core.global_config() if network == "" else self.core.netcfg(network or "")
                 if network is not None and known is None:
                     raise ApiError(404, "not_found", f"network {network or '-'} is not known here (yet)")
-                rows = [_block_json(b) for b in self.core.listing(network)]
-                return Response(200, {"node": self.core.name, "blocks": rows})
+                rows = [_block_json(b, self.host_of) for b in self.core.listing(network)]
+                return Response(200, {"node": self.node.name, "identity": self.core.name, "blocks": rows})
             if method != "POST" and path != "/v1/ipam/networks" and not path.startswith("/v1/ipam/networks/"):
                 raise ApiError(405, "method_not_allowed", f"{path} accepts POST")
             if path == "/v1/ipam/reclaim":
@@ -819,6 +875,7 @@ class IpamService(BaseService):
                     200,
                     {
                         "targets": list(ev.targets),
+                        "hosts": sorted({self.host_of(t) for t in ev.targets}),
                         "blocks": ev.blocks,
                         "abandoned": ev.abandoned,
                         "force": force,
@@ -833,7 +890,14 @@ class IpamService(BaseService):
                     ipv6=bool(_field(body, "ipv6", bool, required=False)),
                 )
                 return Response(
-                    200, {"network": ev.network, "address": ev.value, "tag": ev.tag, "owner": ev.owner}
+                    200,
+                    {
+                        "network": ev.network,
+                        "address": ev.value,
+                        "tag": ev.tag,
+                        "owner": self.host_of(ev.owner),
+                        "owner_identity": ev.owner,
+                    },
                 )
             if path == "/v1/ipam/release":
                 body = _body(request)
@@ -875,6 +939,187 @@ class IpamService(BaseService):
         except (IpamError, LocalProtocolError) as exc:
             raise ipam_api_error(exc) from None
 
+    # ------------------------------------------------------------------ identities at the boundary
+
+    def host_of(self, ident: str) -> str:
+        """The host (gossip name) of an IPAM identity: its verified node record's, else its name's."""
+        return self._host_by_ident.get(ident) or identity_host(ident)
+
+    def _learn(self, ident: str, host: str) -> bool:
+        """Record that ``ident`` is an identity of ``host``; True if that is news."""
+        old = self._host_by_ident.get(ident)
+        if old == host:
+            return False
+        if old is not None:
+            self._idents.get(old, set()).discard(ident)
+        self._host_by_ident[ident] = host
+        self._idents.setdefault(host, set()).add(ident)
+        return True
+
+    def _on_record(self, e: Any, now: float) -> None:
+        """An ``ipam.*`` entry: NetworkDB names its writer host (``e.owner``), the key its writer identity.
+        Passed to the core only if that identity is the host's (node record, else the name); the core
+        then checks the key against the identity as ``owner``."""
+        core = self.core
+        assert core is not None
+        try:
+            if e.table == TABLE_NODE:
+                writer = e.key
+            elif e.table == TABLE_BLOCK:
+                writer = parse_block_key(e.key)[2]
+            else:
+                writer = parse_writer_key(e.key)[1]
+        except DecodeError:
+            core.handle_record(e.table, e.network, e.key, e.value, now=now)  # counted by the core
+            return
+        if e.table == TABLE_NODE:
+            try:
+                host = decode_node(e.value).host
+            except DecodeError:
+                core.handle_record(e.table, e.network, e.key, e.value, now=now)
+                return
+            if host != e.owner:
+                self.counters["foreign_records"] += 1
+                return
+            self._noded.add(writer)
+        elif self.host_of(writer) != e.owner:
+            self.counters["foreign_records"] += 1
+            return
+        if self._learn(writer, e.owner):
+            self._reconcile(e.owner, now)
+        self._spot_predecessors(e, writer, now)
+        core.handle_record(e.table, e.network, e.key, e.value, owner=writer, now=now)
+
+    def _spot_predecessors(self, e: Any, writer: str, now: float) -> None:
+        """Names of earlier identities of this host in a record (writer, grant target, reclaimer,
+        origin of a copy, retired subject) that no node record told the core about: after a restart
+        without the state directory NetworkDB deletes this host's previous entries (owner authority),
+        its node records included, so the core would never adopt them. Tell it (host = this host)."""
+        core = self.core
+        assert core is not None
+        names = [writer]
+        if e.table == TABLE_BLOCK:
+            with contextlib.suppress(DecodeError):
+                r = decode_block(e.value)
+                names += [r.to, r.by, r.origin]
+        elif e.table == TABLE_RETIRED:
+            names.append(parse_writer_key(e.key)[0])
+        me = self.node.name
+        for n in names:
+            if not n or n == core.name or n in self._predecessors or identity_host(n) != me:
+                continue
+            self._predecessors.add(n)
+            if n in self._noded:
+                continue  # its node record reached the core
+            self._noded.add(n)
+            self.counters["predecessors_found"] += 1
+            self._learn(n, me)
+            log.info("IPAM: %s is an earlier identity of this host; adopting its blocks", n)
+            core.handle_record(TABLE_NODE, "", n, encode_node(NodeRecord(me, 0, "")), owner=n, now=now)
+
+    def _on_identity(self, e: Any, now: float) -> None:
+        """``ipam.identity``: a host's current IPAM identity (written by the host itself)."""
+        core = self.core
+        assert core is not None
+        try:
+            ident = e.value.decode()
+        except UnicodeDecodeError:
+            ident = ""
+        if e.key != e.owner or not ident or self.host_of(ident) != e.key:
+            self.counters["foreign_records"] += 1
+            return
+        if e.key == self.node.name:
+            if ident != core.name and ident not in self._predecessors and ident not in self._noded:
+                # this host's previous life (NetworkDB re-asserts ours over it)
+                self._predecessors.add(ident)
+                self._noded.add(ident)
+                self.counters["predecessors_found"] += 1
+                self._learn(ident, e.key)
+                core.handle_record(
+                    TABLE_NODE, "", ident, encode_node(NodeRecord(e.key, 0, "")), owner=ident, now=now
+                )
+            return
+        self._learn(ident, e.key)
+        self._current[e.key] = ident
+        self._reconcile(e.key, now)
+
+    def _verdict(self, host: str, state: str, now: float) -> None:
+        """A gossip verdict (alive | failed | left) about ``host``."""
+        self._gossip[host] = state
+        self._reconcile(host, now)
+
+    def _reconcile(self, host: str, now: float) -> None:
+        """Tell the core about the identities of ``host``: its current one (``ipam.identity``) shares
+        the host's gossip verdict; the others are superseded (the host runs a newer identity, so they
+        are gone: ``left``). Until the host announced its current one, the only identity known of it
+        (or a legacy identity named as its host) counts as current; with several, a live host's
+        identities count as failed (the core neither sends them work nor picks them as heirs). This
+        host's earlier identities are left to adoption."""
+        core = self.core
+        if core is None or host == self.node.name:
+            return
+        verdict = self._gossip.get(host)
+        if verdict is None:
+            return
+        idents = self._idents.get(host, set())
+        cur = self._current.get(host)
+        if cur is None and idents:
+            # not announced (yet): a legacy identity named as its host, or the only one known
+            cur = host if host in idents else (next(iter(idents)) if len(idents) == 1 else None)
+        for ident in sorted(idents):
+            if ident == cur:
+                want = verdict
+            elif cur is not None:
+                want = "left"
+            else:
+                want = "failed" if verdict == "alive" else verdict
+            if self._told.get(ident) == want:
+                continue
+            self._told[ident] = want
+            if want == "alive":
+                core.node_alive(ident, now=now)
+            elif want == "failed":
+                core.node_failed(ident, now=now)
+            else:
+                core.node_left(ident, now=now)
+
+    def _on_messages(self, node: str, src: str, dst: str, payloads: list[bytes], now: float) -> None:
+        """IPAM messages from host ``node``: for this identity, from an identity of that host."""
+        core = self.core
+        assert core is not None
+        if dst != core.name:
+            self.counters["misaddressed_messages"] += len(payloads)
+            return
+        if self.host_of(src) != node:
+            self.counters["foreign_messages"] += len(payloads)
+            return
+        self.counters["messages_received"] += len(payloads)
+        for p in payloads:
+            core.receive_message(src, p, now=now)
+
+    def _reclaim_targets(self, names: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        me = self.node.name
+        for n in names:
+            idents = self._idents.get(n)
+            if not idents:
+                out.append(n)  # an identity name (or unknown: the core says so)
+                continue
+            cur = self.core.name if n == me else self._current.get(n)
+            running = n == me or self._gossip.get(n) == "alive"
+            gone = sorted(i for i in idents if i != cur or not running)
+            out.extend(gone or [cur or n])  # nothing gone: the core refuses the live identity
+        return list(dict.fromkeys(out))
+
+    def _readable(self, text: str) -> str:
+        """A core message with the reclaim commands naming hosts (a host reclaims its gone identities)."""
+
+        def hosts(m: re.Match[str]) -> str:
+            names = dict.fromkeys(self.host_of(x) for x in m.group(1).split())
+            return f"`meshnetctl ipam reclaim {' '.join(names)}`"
+
+        return re.sub(r"`meshnetctl ipam reclaim ([^`]*)`", hosts, text)
+
     # ------------------------------------------------------------------ internals: driving the core
 
     def _require(self) -> None:
@@ -903,7 +1148,11 @@ class IpamService(BaseService):
         if ev is None:
             raise Unknown(f"the IPAM core gave no answer in {limit:.0f}s (state directory stuck?)")
         if isinstance(ev, OperationFailed):
-            raise ev.error
+            err = ev.error
+            if isinstance(err, IpamError):
+                err.message = self._readable(err.message)
+                err.args = (err.message,)
+            raise err
         return ev
 
     def _register(self, op: int, pending: _Pending) -> int:
@@ -1008,8 +1257,14 @@ class IpamService(BaseService):
         for m in messages:
             by_node.setdefault(m.node, []).append(m.payload)
         limit = self.node.db.settings.config.max_request_bytes
-        for node, payloads in by_node.items():
-            for payload in encode_requests(payloads, max(limit - BATCH_MARGIN, 1)):
+        me, src = self.node.name, self.core.name
+        for ident, payloads in by_node.items():
+            node = self.host_of(ident)
+            if node == me:
+                # an earlier identity of this host: it is gone (this process holds the host's lock)
+                self.counters["undeliverable_messages"] += len(payloads)
+                continue
+            for payload in encode_requests(payloads, max(limit - BATCH_MARGIN, 1), src=src, dst=ident):
                 try:
                     db.request(node, payload, now=now, reliable=len(payload) > RELIABLE_ABOVE)
                     self.counters["requests_sent"] += 1

@@ -89,6 +89,11 @@ class Agent:
     def alive(self) -> set[str]:
         return {n for n, state in self.states().items() if state == "alive"}
 
+    @property
+    def call_identity(self) -> str:
+        """The agent's current IPAM identity name."""
+        return self.call("GET", "/v1/ipam")["identity"]
+
     def states(self) -> dict[str, str]:
         body = self.get("/v1/members")
         return {} if body is None else {m["name"]: m["state"] for m in body["members"]}
@@ -186,7 +191,7 @@ def start_cluster(pool: Pool, base: str, n: int, network: str, subnet: str) -> l
     names = {a.name for a in agents}
     wait_until(lambda: all(a.alive() == names for a in agents), SPREAD_TIMEOUT, "all alive", pool.describe)
     created = first.call("POST", "/v1/ipam/networks", {"id": network, "subnets": [subnet]})
-    assert created["subnets"][0]["subnet"] == subnet and created["creator"] == "i1"
+    assert created["subnets"][0]["subnet"] == subnet and created["creator"].startswith("i1~")
     for a in agents[1:]:
         wait_until(
             lambda a=a: a.get(f"/v1/ipam/networks/{network}") is not None,
@@ -308,7 +313,7 @@ def test_a_frozen_owner_blocks_nobody_with_free_space_and_its_space_is_unreachab
         c.allocate(net, "c-static", preferred=target)
     elapsed = time.monotonic() - t0
     assert err.value.status == 503 and err.value.code == "unreachable", err.value
-    assert "i1" in err.value.message and "meshnetctl ipam reclaim i1" in err.value.message
+    assert "i1~" in err.value.message and "`meshnetctl ipam reclaim i1`" in err.value.message
     assert elapsed < ALLOCATION_BUDGET + 5.0, elapsed
     # Dynamic allocations on c: from its own block, then by proxy from b's (b owns free space), and
     # once both are full the only free space is a's: unreachable (not exhausted), in bounded time.
@@ -395,6 +400,7 @@ def test_restart_with_state_resumes_at_once_and_reclaim_frees_a_killed_agents_sp
     # Agents stopped together (SIGTERM: graceful leave, IPAM first) all exit within seconds: with the
     # local profile the IPAM leave waits at most 3 s for heirs that may be leaving too, then the gossip
     # leave at most leave_timeout (5 s).
+    old = a.call_identity
     t0 = time.monotonic()
     for agent in (a, c2):
         agent.proc.send_signal(signal.SIGTERM)
@@ -402,11 +408,82 @@ def test_restart_with_state_resumes_at_once_and_reclaim_frees_a_killed_agents_sp
         assert agent.proc.wait(timeout=30) == 0, pool.describe()
     assert time.monotonic() - t0 < 20.0, pool.describe()
     # A restart after that graceful leave (same name, same state directory) starts and serves the API:
-    # the retired IPAM identity's state is kept aside and a new one starts.
+    # the retired IPAM identity's state is kept aside and a new identity of host i1 starts.
     a2 = pool.start("i1", a.ip, port=a.port)
     assert (a.state / "ipam.retired-1").is_dir()
-    assert a2.call("GET", "/v1/agent")["services"]["ipam"]["identity"] == "i1"
+    ident = a2.call("GET", "/v1/agent")["services"]["ipam"]["identity"]
+    assert ident.startswith("i1~") and ident != old
     assert a2.call("GET", "/v1/ipam")["node"] == "i1"
+
+
+def test_the_same_name_after_a_leave_or_without_state_is_a_new_identity_and_no_space_is_stuck(pool: Pool):
+    net, subnet = "c0ffee000000000000000028", "10.28.0.0/26"  # 4 blocks of 16, 61 pickable addresses
+    a, b, c = start_cluster(pool, "127.0.14", 3, net, subnet)
+    wait_until(
+        lambda: believed(b, net) and believed(c, net), SPREAD_TIMEOUT, "b and c own a block", pool.describe
+    )
+    live: dict[str, str] = {}  # address -> tag, every allocation that is still held
+
+    def take(agent: Agent, tag: str) -> dict:
+        out = agent.allocate(net, tag)
+        assert out["address"] not in live, f"{out['address']} held twice: {live[out['address']]}, {tag}"
+        live[out["address"]] = tag
+        return out
+
+    take(c, "c-ep1")
+    # (1) SIGTERM: the graceful leave hands c's blocks over and retires its identity. The same --name
+    # with the same state directory comes back as a new identity of host i3 and allocates (this was
+    # 409 `conflict` forever when the identity was named after the host).
+    c_old = c.call_identity
+    c.proc.send_signal(signal.SIGTERM)
+    assert c.proc.wait(timeout=30) == 0, pool.describe()
+    del live[next(x for x, t in live.items() if t == "c-ep1")]  # the leave released c's endpoint
+    c2 = pool.start("i3", c.ip, port=c.port, join=a)
+    assert c2.call_identity.startswith("i3~") and c2.call_identity != c_old
+    c2.call("POST", "/v1/ipam/attach", {"network": net})
+    wait_until(
+        lambda: any(r["owner"] == "i1" and r["owner_state"] == "alive" for r in c2.blocks(net)),
+        SPREAD_TIMEOUT,
+        "c2 to see i1 alive",
+        pool.describe,
+    )
+    got = take(c2, "c2-ep1")
+    assert got["owner"] in ("i1", "i2", "i3") and got["owner_identity"] != c_old
+
+    # (2) SIGKILL b and restart it with the same --name and an EMPTY state directory: a new identity
+    # that finds its predecessor and adopts it (retires it; its blocks are taken back), so its space
+    # is not stuck: filling the network from a ends in `exhausted`, never `unreachable`.
+    take(b, "b-ep1")
+    b_old, b_blocks = b.call_identity, set(believed(b, net))
+    pool.kill(b)
+    shutil.rmtree(b.state)
+    b2 = pool.start("i2", b.ip, port=b.port, join=a)
+    assert b2.call_identity.startswith("i2~") and b2.call_identity != b_old
+
+    def adopted() -> bool:
+        return all(r["owner_identity"] != b_old for x in (a, c2) for r in x.blocks(net)) and all(
+            x.call("GET", "/v1/agent")["services"]["ipam"]["hosts"].get("i2") == b2.call_identity
+            for x in (a, c2)
+        )
+
+    wait_until(
+        adopted, DETECT_TIMEOUT, "b's old identity to be adopted and its blocks taken back", pool.describe
+    )
+    rows = {r["block"]: r for r in a.blocks(net)}
+    assert all(rows[k]["owner"] in ("i1", "i3") for k in b_blocks), rows
+    last = None
+    for i in range(70):
+        try:
+            take(a, f"a-fill-{i}")
+        except ctl.AgentError as exc:
+            last = exc
+            break
+    assert last is not None and last.code == "exhausted", last
+    # Every pickable address of the /26 is held exactly once: b's endpoint address by the quarantine
+    # of the adopted identity (its container may still answer ARP), c's (released by its leave) again.
+    assert len(live) == 61, sorted(live)
+    table = a.ctl("ipam", "ls", net).stdout
+    assert table.splitlines()[0].split()[-1] == "IDENTITY" and "i1~" in table, table
 
 
 def test_bench_ipam_smoke(tmp_path: Path):

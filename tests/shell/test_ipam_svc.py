@@ -5,6 +5,7 @@ CLI's table. Real Nodes over loopback (127.0.8.14x) in one process, as the Netwo
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,12 @@ from meshnet.ipam import Conflict, Exhausted, InUse, Persist, ReclaimRefused, Un
 from meshnet.runtime import Node
 from meshnet.runtime.db import DbSettings
 from meshnet.runtime.ipam_svc import (
-    BATCH_PREFIX,
-    MESSAGE_PREFIX,
+    FRAME_PREFIX,
     IpamService,
     IpamStore,
     decode_request,
     encode_requests,
+    identity_host,
     ipam_api_error,
 )
 from tests.shell.ndb_helpers import FAST, NDB, api_request
@@ -94,18 +95,38 @@ def test_api_error_mapping():
         assert str(err) in api.message
 
 
-def test_messages_for_one_node_are_batched_below_the_request_limit():
-    assert encode_requests([b"one"], 100) == [MESSAGE_PREFIX + b"one"]
+def test_messages_for_one_identity_are_batched_below_the_request_limit_with_both_names():
+    src, dst = "a~0000000a", "b~0000000b"
+    (one,) = encode_requests([b"one"], 100, src=src, dst=dst)
+    assert one.startswith(FRAME_PREFIX) and decode_request(one) == (src, dst, [b"one"])
     payloads = [bytes([i]) * (10 + i) for i in range(40)]
-    requests = encode_requests(payloads, 200)
+    requests = encode_requests(payloads, 200, src=src, dst=dst)
     assert len(requests) > 1 and all(len(r) <= 200 for r in requests)
-    assert all(r.startswith(BATCH_PREFIX) or r.startswith(MESSAGE_PREFIX) for r in requests)
-    assert [p for r in requests for p in decode_request(r)] == payloads  # order kept
-    huge = encode_requests([b"x" * 500, b"y"], 200)
-    assert huge == [MESSAGE_PREFIX + b"x" * 500, MESSAGE_PREFIX + b"y"]
-    # Not IPAM's, or malformed: None (counted by the service, never raised).
-    for bad in (b"other", BATCH_PREFIX, BATCH_PREFIX + b"\x00\x00\x00\x09abc", BATCH_PREFIX + b"\x00\x00"):
-        assert decode_request(bad) is None
+    decoded = [decode_request(r) for r in requests]
+    assert all(d[:2] == (src, dst) for d in decoded)
+    assert [p for d in decoded for p in d[2]] == payloads  # order kept
+    huge = encode_requests([b"x" * 500, b"y"], 200, src=src, dst=dst)
+    assert [decode_request(r)[2] for r in huge] == [[b"x" * 500], [b"y"]]
+    # Not IPAM's, the old framings without names, or malformed: None (counted, never raised).
+    head = FRAME_PREFIX + b"\x00\x01a\x00\x01b"
+    for bad in (
+        b"other",
+        b"ipam\x00" + b"payload",
+        b"ipam\x01\x00\x00\x00\x01x",
+        FRAME_PREFIX,
+        head,
+        head + b"\x00\x00\x00\x09abc",
+        FRAME_PREFIX + b"\x00\x09ab",
+        FRAME_PREFIX + b"\x00\x01\xff\x00\x01b\x00\x00\x00\x01x",
+    ):
+        assert decode_request(bad) is None, bad
+    # Identity names: HOST~ + 8 hex digits; anything else (an identity made before) is its own host.
+    assert identity_host("h1~0badf00d") == "h1" and identity_host("a~b~0badf00d") == "a~b"
+    assert (
+        identity_host("h1") == "h1"
+        and identity_host("h1~xyz") == "h1~xyz"
+        and identity_host("~0badf00d") == "~0badf00d"
+    )
 
 
 def test_ls_table_merges_runs_of_blocks():
@@ -117,6 +138,7 @@ def test_ls_table_merges_runs_of_blocks():
             "first": f"10.9.0.{16 * k}",
             "last": f"10.9.0.{16 * k + 15}",
             "owner": owner,
+            "owner_identity": f"{owner}~0000000{owner}",
             "epoch": 1,
             "state": "held",
             "free": free,
@@ -138,6 +160,7 @@ def test_ls_table_merges_runs_of_blocks():
         "EPOCH",
         "STATE",
         "FREE",
+        "IDENTITY",
     ]
     assert lines[1].split() == [
         NET,
@@ -149,6 +172,7 @@ def test_ls_table_merges_runs_of_blocks():
         "1",
         "held",
         "29",
+        "a~0000000a",
     ]
     assert len(format_blocks(blocks, merge=False).splitlines()) == 5
 
@@ -226,7 +250,8 @@ async def _write_ahead_case(tmp_path: Path) -> None:
         c = Cluster(nursery, tmp_path)
         a = await c.start("a", "127.0.8.141", store_class=GatedStore)
         cfg = await a.create_network(NET, subnets=["10.9.0.0/24"])
-        assert cfg.vni is not None and cfg.creator == "a" and a.netcfg(NET) == cfg
+        assert cfg.vni is not None and cfg.creator == a.core.name and a.netcfg(NET) == cfg
+        assert identity_host(a.core.name) == "a" and a.core.name.startswith("a~")
         first = await a.allocate(NET, tag="ep1")
         assert first == "10.9.0.2"  # .0 network, .1 gateway
         db = c.nodes["a"].db.core
@@ -269,11 +294,11 @@ async def test_restart_with_state_resumes_at_once_and_a_joiner_gets_a_block_by_m
         await b.attach(NET)  # the contract's network attach (the hook is attach(node))
         assert b.needs_network(NET) and a.needs_network(NET) and not b.needs_network("f" * 24)
         got = await b.allocate_event(NET, tag="b-ep1")
-        assert got.owner == "b" and own_blocks(b, NET)  # a whole block was granted to b
+        assert got.owner == b.core.name and own_blocks(b, NET)  # a whole block was granted to b
         assert b.counters["messages_sent"] >= 1 and a.counters["messages_received"] >= 1
         # Static address in a's block: allocated by a on b's behalf.
         proxy = await b.allocate_event(NET, tag="b-ep2", preferred="10.9.0.7/24")
-        assert (proxy.value, proxy.owner) == ("10.9.0.7", "a")
+        assert (proxy.value, proxy.owner) == ("10.9.0.7", a.core.name)
         with pytest.raises(InUse):
             await a.allocate(NET, tag="other", preferred="10.9.0.7")
         with pytest.raises(LocalProtocolError):
@@ -284,7 +309,7 @@ async def test_restart_with_state_resumes_at_once_and_a_joiner_gets_a_block_by_m
         b2 = await c.start("b", "127.0.8.144", join="a")
         assert own_blocks(b2, NET) == mine  # believed before any peer answered
         again = await b2.allocate_event(NET, tag="b-ep1")
-        assert (again.value, again.owner) == (got.value, "b")
+        assert (again.value, again.owner) == (got.value, b.core.name)  # the same identity
         await b2.release(NET, got.value, tag="b-ep1")
         await b2.release(NET, got.value, tag="b-ep1")  # a no-op the second time
         nursery.cancel_scope.cancel()
@@ -356,7 +381,7 @@ async def test_api_routes_and_errors(tmp_path: Path):
         nursery.cancel_scope.cancel()
 
 
-async def test_a_graceful_leave_retires_the_identity_and_a_restart_moves_its_state_aside(tmp_path: Path):
+async def test_after_a_graceful_leave_the_same_name_restarts_as_a_new_identity_that_allocates(tmp_path: Path):
     async with trio.open_nursery() as nursery:
         c = Cluster(nursery, tmp_path)
         a = await c.start("a", "127.0.8.148")
@@ -365,13 +390,69 @@ async def test_a_graceful_leave_retires_the_identity_and_a_restart_moves_its_sta
         await wait_for(lambda: b.netcfg(NET) is not None)
         await b.attach(NET)
         await wait_for(lambda: bool(own_blocks(b, NET)))
+        old = b.core.name
         await c.nodes["b"].leave()  # IpamService.leave first: b's blocks go to a
         c.nodes["b"].stop()
         assert c.svcs["b"].core.is_retired
-        await wait_for(lambda: all(r.owner == "a" for r in a.listing(NET)))
+        await wait_for(lambda: all(r.owner == a.core.name for r in a.listing(NET)))
         b2 = await c.start("b", "127.0.8.149", join="a")
-        assert os.path.isdir(tmp_path / "b.state" / "ipam.retired-1")
-        assert not b2.core.is_retired and not own_blocks(b2, NET)
+        assert os.path.isdir(tmp_path / "b.state" / "ipam.retired-1")  # the retired state, kept aside
+        assert b2.core.name != old and b2.core.identity.host == "b" and b2.core.name.startswith("b~")
+        assert not b2.core.is_retired and not b2.core.is_fenced and not own_blocks(b2, NET)
+        await b2.attach(NET)
+        await wait_for(lambda: any(r.owner_state == "alive" for r in b2.listing(NET)))  # gossip saw a
+        got = await b2.allocate_event(NET, tag="b2-ep1")  # was 409 conflict: retired/b fenced the name
+        assert got.owner in (a.core.name, b2.core.name)
+        # a maps gossip's verdict on b to b's current identity; the retired one stays retired.
+        await wait_for(lambda: a.stats()["hosts"].get("b") == b2.core.name)
+        await wait_for(
+            lambda: any(r.owner == b2.core.name and r.owner_state == "alive" for r in a.listing(NET))
+        )
+        assert a.core._node_state(old) == "retired"
+        # The same state directory resumes the new identity (not another one).
+        c.kill("b")
+        b3 = await c.start("b", "127.0.8.149", join="a")
+        assert b3.core.name == b2.core.name
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_restart_without_the_state_directory_adopts_the_predecessors_blocks(tmp_path: Path):
+    async with trio.open_nursery() as nursery:
+        c = Cluster(nursery, tmp_path)
+        a = await c.start("a", "127.0.8.152")
+        b = await c.start("b", "127.0.8.153", join="a")
+        await a.create_network(NET, subnets=["10.9.0.0/24"])
+        await wait_for(lambda: b.netcfg(NET) is not None)
+        await b.attach(NET)
+        await wait_for(
+            lambda: bool(own_blocks(b, NET)) and b.core.believed().keys() - a.core.believed().keys()
+        )
+        held = await b.allocate(NET, tag="b-ep1")
+        old, b_blocks = b.core.name, set(own_blocks(b, NET))
+        c.kill("b")  # a crash: no leave
+        with trio.fail_after(10):
+            await c.nodes["b"].wait_stopped()
+        shutil.rmtree(tmp_path / "b.state")
+        b2 = await c.start("b", "127.0.8.153", join="a")
+        assert b2.core.name != old and b2.core.identity.host == "b"
+        # b2 finds its predecessor in the records, retires it (adoption); its blocks are taken back (the
+        # network's by a, which uses the network) and a treats the old identity as gone, b2 as b.
+        await wait_for(lambda: a.core._node_state(old) == "retired", timeout=30)
+        await wait_for(lambda: not any(r.owner == old for r in a.listing(NET)), timeout=30)
+        assert b2.counters["predecessors_found"] >= 1
+        assert a.stats()["hosts"]["b"] == b2.core.name
+        rows = {r.block: r for r in a.listing(NET)}
+        assert all(rows[k].owner == a.core.name for k in b_blocks)
+        # The address b held stays reserved (quarantined, an endpoint of the dead identity); never twice.
+        seen = {held}
+        for i in range(40):
+            try:
+                addr = await a.allocate(NET, tag=f"a-ep{i}")
+            except Exhausted:
+                break
+            assert addr not in seen
+            seen.add(addr)
+        await b2.attach(NET)
         nursery.cancel_scope.cancel()
 
 
