@@ -618,6 +618,8 @@ class IpamMachine(RuleBasedStateMachine):
 
 IpamMachine.TestCase.settings = MAIN
 TestIpamMachine = IpamMachine.TestCase
+if PROFILE == "dev":  # 200 long examples: minutes, more on a shared machine
+    TestIpamMachine = pytest.mark.hang_guard(3600)(TestIpamMachine)
 
 
 def test_same_seed_same_trace_hashes():
