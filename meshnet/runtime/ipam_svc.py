@@ -10,9 +10,10 @@ its ``run`` nursery, never in a hook:
   the caller's task and pump at once.
   NetworkDB -> core: every ``ipam.*`` entry (one watch per table, ``include_hidden``: a failed owner's
   records are the truth about its blocks) -> ``handle_record``; ``NetworkSynced`` -> ``network_synced``;
-  ``ClusterIdSet`` -> ``set_cluster_id``; ``RequestReceived`` whose payload starts with ``MESSAGE_PREFIX``
-  -> ``receive_message``. Gossip -> core: ``MemberJoined``/``MemberUpdated`` -> ``node_alive``,
-  ``MemberFailed`` -> ``node_failed``, ``MemberLeft``/``MemberReaped`` -> ``node_left``.
+  ``ClusterIdSet`` -> ``set_cluster_id``; ``RequestReceived`` whose payload starts with ``FRAME_PREFIX``
+  -> ``receive_message``. Gossip -> core: ``MemberJoined``/``MemberUpdated`` (alive), ``MemberFailed``,
+  ``MemberLeft``/``MemberReaped`` (left) are verdicts on a *host*; the core hears them about that host's
+  identities (see "Identities" below).
 - *Pump* (``_pump``, after every input): ``persists_to_write`` go to the persister; ``writes_to_send``
   become ``put_entry``/``delete_entry`` (joining the write's network first) and ``messages_to_send``
   become ``NetworkDB.request`` (one ``db_input`` step for all of them); result events resolve the
@@ -25,19 +26,46 @@ its ``run`` nursery, never in a hook:
 - *Timer.* One task sleeps until ``next_deadline`` and calls ``handle_timer``.
 
 Direct messages: the core treats them as one-way datagrams with its own retries and matching, so its
-``SendMessage``s become ``NetworkDB.request``s that are never answered: the messages of one pump for one
-node go in one request (``MESSAGE_PREFIX`` + payload for one, ``BATCH_PREFIX`` + length-prefixed
-payloads for several, split below ``max_request_bytes``; over TCP above ``RELIABLE_ABOVE`` bytes); the
-receiver feeds each payload to its core, whose answer is a request of its own. The requester's ``RequestTimedOut`` is ignored. The prefix keeps IPAM
-payloads apart from other services' requests on the same NetworkDB.
+``SendMessage``s become ``NetworkDB.request``s to the destination identity's host that are never
+answered: the messages of one pump for one identity go in one request (``FRAME_PREFIX``, the sender's
+and the destination's identity names, then length-prefixed payloads, split below ``max_request_bytes``;
+over TCP above ``RELIABLE_ABOVE`` bytes). The receiver drops (and counts) a request for another identity
+(``misaddressed_messages``: an earlier identity of its host, gone) or whose sender identity is not of the
+sending host (``foreign_messages``), and feeds each payload to its core as from the sender identity;
+the answer is a request of its own. The requester's ``RequestTimedOut`` is ignored. The prefix keeps
+IPAM payloads apart from other services' requests on the same NetworkDB.
 
-Identity: the core's identity name is the gossip member name (``--name``), so that NetworkDB's sender
-names and the gossip verdicts speak of the same identities; the host id is the name as well. A state
-directory resumes the identity, its beliefs and allocations at once (``Ipam.restore``). ``leave`` (the
-agent's graceful leave: SIGTERM, ``meshnetctl leave``) is the core's: blocks go to heirs and the identity
-is retired; a restart with that state directory keeps the retired state aside (``ipam.retired-N``) and
-starts a new identity under the same name, which the core fences today (operations answer ``conflict``)
-because retirement is recorded by name (to be scoped by incarnation in the core). The founder of the cluster
+Identities (ipam.md 3.10). The IPAM identity is one agent life, not the host: its name is
+``HOST~xxxxxxxx`` (``HOST`` = the gossip name ``--name``, ``x`` = the low 32 bits of the random
+incarnation in hex) and its ``host`` is the gossip name. A state directory resumes the identity, its
+beliefs and allocations at once (``Ipam.restore``). ``leave`` (the agent's graceful leave: SIGTERM,
+``meshnetctl leave``) is the core's: blocks go to heirs and the identity is retired; a restart with that
+state directory keeps the retired state aside (``ipam.retired-N``) and starts a new identity of the same
+host; so does a restart with an empty directory. The boundary translates:
+
+- *Who runs where.* Each agent writes ``ipam.identity`` (scope ``""``, key = its host, value = its
+  identity name); NetworkDB's owner authority makes a restarted host's value beat its previous life's.
+  ``ipam.node`` records (accepted only when their ``host`` is the NetworkDB owner) and the writers of
+  accepted records add identities of a host; a name's own ``HOST~`` prefix stands in until then.
+- *Records.* NetworkDB names the writing host; an ``ipam.*`` key names the writing identity. A record
+  reaches the core (with ``owner`` = that identity) only if the identity is of that host; else it is
+  counted (``foreign_records``) and dropped.
+- *Verdicts.* A host's current identity shares the host's gossip verdict; its other identities are
+  superseded and told ``left`` (the host runs a newer identity, so they are gone: the core's
+  ``_superseded`` and retired-owner reclaim rely on them not being alive). Before the host announced
+  its identity, the only one known of it (or a legacy identity named as its host) counts as current;
+  with several, a live host's identities are told ``failed``.
+- *Predecessors.* After a restart without the state directory NetworkDB deletes this host's previous
+  entries, its identities' ``ipam.node`` records included, so the core would never learn (and adopt)
+  them. Every name of this host's form met in a record (writer, grant target, reclaimer, origin of a
+  copy, retired subject, the previous ``ipam.identity`` value) is therefore handed to the core as a node
+  record of this host; the core then retires it and takes its blocks back (predecessor adoption; the
+  peers using a network reclaim its blocks there).
+- *Operator.* ``reclaim`` takes a host (its identities that are not running: all if the host is not
+  alive, else the superseded ones) or an exact identity; listings and allocation answers give
+  ``owner`` as the host and ``owner_identity``; error messages name hosts in their reclaim commands.
+
+The founder of the cluster
 (no ``--join`` and no IPAM history) believes the VNI and pool spaces. The global tables count as synced
 for the core when the node founded the cluster, or ``global_sync_timeout`` seconds after its first peer
 appeared (NetworkDB reports a sync only for joins made while peers are known).
@@ -49,16 +77,19 @@ damage elsewhere refuses the start. The directory is the agent's (mode 0700, loc
 
 API (``/v1/ipam``, JSON; errors ``{code, message}`` as ``ipam_api_error`` maps them):
 
-    GET  /v1/ipam[?network=NET]            {node, blocks: [{network, space, block, first, last, owner,
-                                           epoch, state, free, owner_state}]}; NET ``-``: the global
-                                           spaces (vni, pool); without it: every space known here
-    POST /v1/ipam/reclaim {node: NAME | [NAME...], force?: bool}
-                                           {targets, blocks, abandoned, force} once the reclaim ended
+    GET  /v1/ipam[?network=NET]            {node (host), identity, blocks: [{network, space, block,
+                                           first, last, owner (host), owner_identity, epoch, state,
+                                           free, owner_state}]}; NET ``-``: the global spaces (vni,
+                                           pool); without it: every space known here
+    POST /v1/ipam/reclaim {node: NAME | [NAME...], force?: bool}     NAME: a host or an identity
+                                           {targets (identities), hosts, blocks, abandoned, force}
+                                           once the reclaim ended
     GET  /v1/ipam/networks/NET             the network's IPAM config (subnets, gateway, VNI, creator)
     For tests and benchmarks (CnmService calls the methods below instead):
     POST /v1/ipam/networks {id, subnets?: [CIDR], ipv6?}        201 config (a pool subnet if none given)
     POST /v1/ipam/attach {network}                              join and attach a network created elsewhere
-    POST /v1/ipam/allocate {network, tag, preferred?, ipv6?}    {network, address, tag, owner}
+    POST /v1/ipam/allocate {network, tag, preferred?, ipv6?}    {network, address, tag, owner (host),
+                                                                 owner_identity}
     POST /v1/ipam/release {network, address, tag}               {released: bool}
     POST /v1/ipam/latency/reset                                 forget ``stats()["latency_ms"]``
 

@@ -17,6 +17,7 @@ from meshnet import ctl
 from meshnet.core.errors import ApiError, ConfigError, LocalProtocolError
 from meshnet.ctl_ipam import format_blocks, runs
 from meshnet.ipam import Conflict, Exhausted, InUse, Persist, ReclaimRefused, Unknown, Unreachable
+from meshnet.ipam.records import NodeRecord, encode_node
 from meshnet.runtime import Node
 from meshnet.runtime.db import DbSettings
 from meshnet.runtime.ipam_svc import (
@@ -409,6 +410,26 @@ async def test_after_a_graceful_leave_the_same_name_restarts_as_a_new_identity_t
             lambda: any(r.owner == b2.core.name and r.owner_state == "alive" for r in a.listing(NET))
         )
         assert a.core._node_state(old) == "retired"
+        # `reclaim b` on a means b's identities that are not running (b is alive: the retired one).
+        assert a._reclaim_targets(["b"]) == [old] and a._reclaim_targets([b2.core.name]) == [b2.core.name]
+        assert a._reclaim_targets(["a"]) == [a.core.name]  # the core refuses: "cannot reclaim itself"
+        # Remote input that lies about identities is counted and dropped: a request from host b in the
+        # name of another host's identity, one for an earlier identity of a, records of b naming a.
+        nb = c.nodes["b"]
+        payload = b"not even decoded"
+        for src, dst in (("a~00000001", a.core.name), (b2.core.name, "a~00000002")):
+            (req,) = encode_requests([payload], 1000, src=src, dst=dst)
+            nb.db_input(lambda now, r=req: nb.db.core.request("a", r, now=now))
+        node_rec = encode_node(NodeRecord("a", 0, ""))
+        nb.db_input(lambda now: nb.db.core.put_entry("ipam.node", "", "a~00000003", node_rec, now=now))
+        nb.db_input(lambda now: nb.db.core.put_entry("ipam.identity", "", "a", b"a~00000004", now=now))
+        await wait_for(
+            lambda: (
+                (a.counters["foreign_messages"], a.counters["misaddressed_messages"]) == (1, 1)
+                and a.counters["foreign_records"] == 2
+            )
+        )
+        assert a.core.stats().get("bad_messages", 0) == 0 and a.stats()["hosts"]["a"] == a.core.name
         # The same state directory resumes the new identity (not another one).
         c.kill("b")
         b3 = await c.start("b", "127.0.8.149", join="a")
