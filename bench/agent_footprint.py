@@ -126,8 +126,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     made += 1
             return made
 
+        cpu0 = {host: proc_figures(pid)["cpu_s"] for host, pid in pids.items()}
+        load_fill0 = os.getloadavg()
+        t_fill = time.monotonic()
         with ThreadPoolExecutor(len(remote_hosts)) as pool:
             made = sum(pool.map(fill, remote_hosts))
+        t_fill = time.monotonic() - t_fill
+        fill_cpu = {host: proc_figures(pid)["cpu_s"] - cpu0[host] for host, pid in pids.items()}
+        load_fill1 = os.getloadavg()
         t_api = time.monotonic() - t_setup
         print(f"{made} remote endpoints attached through the API in {t_api:.1f} s", flush=True)
 
@@ -160,6 +166,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "h1_neigh": neigh,
         "h1_fdb": fdb,
         "api_setup_s": t_api,
+        "fill_wall_s": t_fill,
+        "fill_cpu_s": fill_cpu,
+        "fill_load": {"before": load_fill0, "after": load_fill1},
         "programmed_after_s": t_prog,
         "idle_window_s": args.idle,
         "reference": reference,
@@ -202,6 +211,16 @@ def report(r: dict[str, Any]) -> None:
     print(
         f"setup: {r['attached']} attaches through the API in {r['api_setup_s']:.1f} s; h1 had programmed all "
         f"{r['programmed_after_s']:.1f} s after the first create"
+    )
+    made = max(1, r["attached"])
+    cpu = r["fill_cpu_s"]
+    print(
+        f"attach phase: {r['attached']} attaches in {r['fill_wall_s']:.1f} s wall; agents' CPU per attach "
+        f"(ms): h1 (every attach remote) {1000 * cpu['h1'] / made:.1f}, "
+        + ", ".join(f"{h} {1000 * c / made:.1f}" for h, c in cpu.items() if h != "h1")
+        + f" (the others' include their own attaches); load average "
+        f"{' '.join(f'{x:.2f}' for x in r['fill_load']['before'])} -> "
+        f"{' '.join(f'{x:.2f}' for x in r['fill_load']['after'])}"
     )
     for name, win in (("reference", ref), ("loaded", now)):
         load = win["_load"]

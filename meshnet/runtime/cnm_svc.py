@@ -60,11 +60,11 @@ from meshnet.cnm.errors import BadSandboxState, CnmError
 from meshnet.cnm.records import TABLE_ENDPOINTS, TABLE_NETWORKS, encode_endpoint, encode_network
 from meshnet.cnm.sandboxes import SANDBOXES_FILE
 from meshnet.core.errors import ApiError, ConfigError, DataplaneError, LocalProtocolError
-from meshnet.dataplane import DelFdbEntry, DelNeighbour
+from meshnet.dataplane import AddNeighbour, DelFdbEntry, DelNeighbour
 from meshnet.gossip import events as gev
 from meshnet.ipam import IpamError
 from meshnet.networkdb import EntryCreated, EntryDeleted, EntryUpdated, NetworkSynced
-from meshnet.overlay import desired, is_managed_netns, plan
+from meshnet.overlay import VXLAN, DesiredState, desired, is_managed_netns, plan
 from meshnet.runtime.service import BaseService
 
 __all__ = ["CnmService", "SandboxRef", "InjectedFailure", "underlay_mtu"]
@@ -77,6 +77,9 @@ RECONCILE_ATTEMPTS = 3
 RECONCILE_DEBOUNCE = 0.05
 #: What a settling host holds back: remote entries the not yet synced tables do not mention (yet).
 _HELD_WHILE_SETTLING = (DelFdbEntry, DelNeighbour)
+#: At most this many (sandbox interface, address) ARP kicks per reconcile; more (a whole network's
+#: endpoints arriving at once) are left to the kernel's own retry.
+MAX_KICKS = 4096
 _SIOCGIFADDR = 0x8915
 _SIOCGIFMTU = 0x8921
 
@@ -119,6 +122,37 @@ def underlay_mtu(addr: str, default: int = 1500) -> int:
 def netns_path(netns: str) -> str:
     """An absolute path for a namespace as ops name it (a name under /run/netns, or a path)."""
     return netns if netns.startswith("/") else f"/run/netns/{netns}"
+
+
+def arp_kicks(want: DesiredState, snap: Any) -> dict[tuple[str, str, str], str]:
+    """The ARP kicks a plan for ``want`` against ``snap`` calls for: (sandbox netns, ifname, ip) -> MAC for
+    every remote address that is new on an existing ``vxlan0`` (not yet in its neighbour table) and every
+    local port already plugged (its veth in the overlay namespace) with an address of the same family.
+
+    Why: a container that sent its first ARP for such an address before this host programmed it holds an
+    INCOMPLETE entry and retries only after ``retrans_time`` (1 s); ``vxlan0``'s proxy answers from its
+    table alone. A permanent entry written over the INCOMPLETE one sends the queued packets at once, and
+    deleting it right after leaves the container's neighbour table to the kernel (the next packet ARPs and
+    the proxy answers). A bare delete does not do: it reports the queued packets as "host unreachable"
+    (tried in namespaces: ping stops; a TCP connect would fail)."""
+    kicks: dict[tuple[str, str, str], str] = {}
+    for ns, ov in want.overlays.items():
+        state = snap.get(ns)
+        if state is None or not ov.neighbours or not ov.ports:
+            continue
+        have = {n.ip for n in state.neighbours if n.dev == VXLAN}
+        new = [(ip, mac) for ip, mac in ov.neighbours.items() if ip not in have]
+        if not new:
+            continue
+        plugged = {link.name for link in state.links if link.kind == "veth"}
+        for port in ov.ports:
+            if port.name not in plugged:
+                continue
+            v6 = {":" in a for a in port.addresses}
+            for ip, mac in new:
+                if (":" in ip) in v6:
+                    kicks[(port.sandbox_netns, port.ifname, ip)] = mac
+    return kicks
 
 
 def api_error(exc: BaseException) -> ApiError | None:
@@ -197,6 +231,9 @@ class CnmService(BaseService):
             "operations": 0,
             "operations_failed": 0,
             "rollback_errors": 0,
+            "arp_kicks": 0,
+            "arp_kick_errors": 0,
+            "arp_kicks_skipped": 0,
         }
 
     # -- hooks --
@@ -538,6 +575,7 @@ class CnmService(BaseService):
         assert self.ctl is not None
         self.counters["reconciles"] += 1
         applied = 0
+        kicks: dict[tuple[str, str, str], str] = {}
         for attempt in range(RECONCILE_ATTEMPTS):
             want = desired(self.ctl.host_view())
             if want.dropped != self._dropped:
@@ -550,7 +588,8 @@ class CnmService(BaseService):
             if self._settling():
                 ops = tuple(op for op in ops if not isinstance(op, _HELD_WHILE_SETTLING))
             if not ops:
-                return applied
+                break
+            kicks.update(arp_kicks(want, snap))
             try:
                 await trio.to_thread.run_sync(self.dp.apply, ops)
             except DataplaneError as exc:
@@ -560,7 +599,31 @@ class CnmService(BaseService):
                 continue
             self.counters["ops_applied"] += len(ops)
             applied += len(ops)
+        await self._kick(kicks)
         return applied
+
+    async def _kick(self, kicks: dict[tuple[str, str, str], str]) -> None:
+        """Make local sandboxes resolve remote addresses that were just programmed at once (``arp_kicks``):
+        one ``AddNeighbour`` + ``DelNeighbour`` pair per (sandbox interface, address), once. Best effort: a
+        failure (a container's namespace went away meanwhile) is counted; the kernel's own ARP retry remains."""
+        if not kicks:
+            return
+        if len(kicks) > MAX_KICKS:
+            self.counters["arp_kicks_skipped"] += len(kicks)
+            return
+        ops: list[Any] = []
+        for (netns, dev, ip), mac in sorted(kicks.items()):
+            ops.append(AddNeighbour(netns=netns, dev=dev, ip=ip, mac=mac))
+            ops.append(DelNeighbour(netns=netns, dev=dev, ip=ip))
+        try:
+            await trio.to_thread.run_sync(self.dp.apply, tuple(ops))
+        except (DataplaneError, ValueError, OSError) as exc:
+            self.counters["arp_kick_errors"] += 1
+            log.info(
+                "ARP kick of %d sandbox addresses failed (the kernel retries by itself): %s", len(kicks), exc
+            )
+            return
+        self.counters["arp_kicks"] += len(kicks)
 
     async def _reconcile_quietly(self) -> None:
         try:

@@ -131,6 +131,12 @@ async def test_network_on_a_containers_on_b_and_c_program_each_other(tmp_path):
         await until(lambda: fdb(c).get(ov_c) == {(ep_b["mac"], b.ip)}, "c's FDB entry for b's container")
         assert neigh(b)[ov_b] == {(ep_c["ipv4"], ep_c["mac"])}
         assert neigh(c)[ov_c] == {(ep_b["ipv4"], ep_b["mac"])}
+        # c's address was new on b's existing vxlan0 while b's c1 was plugged: one ARP kick (a permanent
+        # entry written and deleted in h2-sb-c1), which leaves no neighbour entry in the container.
+        assert b.cnm.counters["arp_kicks"] == 1 and b.cnm.counters["arp_kick_errors"] == 0
+        assert b.dp.snapshot().get("h2-sb-c1").neighbours == ()
+        await trio.sleep(1.5)  # a slow-timer pass (reconcile_interval 1 s): nothing is kicked again
+        assert b.cnm.counters["arp_kicks"] == 1 and b.cnm.counters["reconciles"] >= 2
         assert fdb(a) == {}  # no local endpoint on a: no overlay namespace there
         # b's container side: eth0 with the endpoint's MAC and address in h2-sb-c1, its veth on br0.
         snap = b.dp.snapshot()
