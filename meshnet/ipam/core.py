@@ -479,6 +479,7 @@ class Ipam(OwnerRole, RequesterRole, ReclaimRole):
             self._fence(f"this identity was retired by {r.by} ({r.reason}) while running", now)
         elif node != self.name:
             self._retire_holder(node, now)
+            self._heir_gone(node)
             self._adopt_pending = True
 
     def _on_node_record(self, node: str, r: NodeRecord, now: float) -> None:
@@ -517,6 +518,7 @@ class Ipam(OwnerRole, RequesterRole, ReclaimRole):
         if name != self.name and self._members.get(name) != "failed":
             self._members[name] = "failed"
             self._owner_gone(name, now)
+            self._heir_gone(name)
             self._steward(name)
         self._done(now)
 
@@ -525,6 +527,7 @@ class Ipam(OwnerRole, RequesterRole, ReclaimRole):
         if name != self.name and self._members.get(name) != "left":
             self._members[name] = "left"
             self._owner_gone(name, now)
+            self._heir_gone(name)
             self._steward(name)
         self._done(now)
 

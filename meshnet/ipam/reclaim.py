@@ -481,6 +481,21 @@ class ReclaimRole:
 
     # ------------------------------------------------------------------ leave completion, timers
 
+    def _heir_gone(self: Any, node: str) -> None:
+        """An heir of this node's leave failed, left or retired (it is leaving too): it will never
+        confirm, so the leave stops waiting for it (its grants stay pending, reported unconfirmed, and
+        the blocks are reclaimed from the retired heir later)."""
+        op = self._ops.get(self._leave_op) if self._leave_op is not None else None
+        if not isinstance(op, _LeaveOp) or op.done:
+            return
+        gone = sorted(key for key in op.waiting if self._block(*key).granted_to == node)
+        if not gone:
+            return
+        op.waiting.difference_update(gone)
+        op.no_heir.extend(gone)
+        if not op.waiting:
+            self._finish_leave(op)
+
     def _grant_confirmed(self: Any, sid: SpaceId, k: int, now: float) -> None:
         op = self._ops.get(self._leave_op) if self._leave_op is not None else None
         if isinstance(op, _LeaveOp) and not op.done:

@@ -350,3 +350,23 @@ def test_restart_after_a_free_hint_change_agrees_with_itself():
             e = c.ipam(h).view_entry(sid.scope, sid.name, k)
             assert e.owner == "h1" and sp.free_in(k, [u[0] for u in e.used]) == truth, (h, k, e)
     every_host_allocates(c, safety, "after")
+
+
+def test_hosts_leaving_together_do_not_wait_for_each_other():
+    """All hosts of a network leave at the same moment (a fleet SIGTERMed at once): each leaver's heir
+    is leaving too and will never confirm, so no leave waits out ``leave_wait``; the blocks stay with
+    retired identities and the host that stays takes them back."""
+    c, safety, _ = network_of_all(3, seed=4242)
+    sid = net_sid(c)
+    ops = {h: c.call(h, "leave") for h in ("h0", "h1")}
+    run_checked(c, safety, 1.0, step=0.1)
+    for h, op in ops.items():
+        res = c.result(h, op)
+        assert isinstance(res, LeaveCompleted), f"{h}: {res} after 1 s (leave_wait {CFG.leave_wait} s)"
+    for h in ops:
+        c.depart(h)
+    run_checked(c, safety, 2 * CFG.reclaim_budget + 30)
+    believers = durable_believers(c, sid)
+    assert len(believers) == c.ipam("h2").space(sid.scope, sid.name).nblocks
+    assert all(v == ["h2"] for v in believers.values()), believers
+    every_host_allocates(c, safety, "after")
