@@ -654,6 +654,24 @@ RULES = (  # noqa: SIM905
 ).split()
 
 
+def test_rules_lists_every_rule():
+    """``_focused`` switches rules off by name: a rule missing from RULES would stay on in every focused
+    machine and dilute its search."""
+    from hypothesis.stateful import RULE_MARKER
+
+    def names(cls):
+        return {n for n in dir(cls) if getattr(getattr(cls, n), RULE_MARKER, None) is not None}
+
+    assert names(IpamMachine) == set(RULES)
+    assert names(_NoReclaimAcks) == {
+        "create_network",
+        "attach",
+        "allocate",
+        "crash_and_reclaim_twice",
+        "advance",
+    }
+
+
 def _focused(name, config, keep, **extra):
     """A machine with the same invariants and only the rules in ``keep`` (the others are switched off),
     so the search for a counterexample to one removed check stays short."""
