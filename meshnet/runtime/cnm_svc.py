@@ -213,6 +213,10 @@ class CnmService(BaseService):
         self._changed = trio.Event()
         self._listeners: list[Callable[[], None]] = []
         self._wake = trio.Event()
+        #: Networks whose tables changed since the last pass (None: a full pass is due).
+        self._dirty: set[str] | None = None
+        #: Network id -> its overlay namespace, as the passes made them (a partial pass deletes a stale one).
+        self._overlay_ns: dict[str, str] = {}
         self._lock = trio.Lock()
         self._watches: dict[Any, str] = {}
         self._started_at = 0.0
@@ -225,6 +229,7 @@ class CnmService(BaseService):
         self.last_error: str | None = None
         self.counters: dict[str, int] = {
             "reconciles": 0,
+            "reconciles_full": 0,
             "reconcile_errors": 0,
             "ops_applied": 0,
             "dropped_records": 0,
@@ -297,28 +302,39 @@ class CnmService(BaseService):
                 value = None if kind is EntryDeleted else ev.value
                 if table == TABLE_NETWORKS:
                     self.ctl.apply_network_entry(ev.key, value)
+                    self._mark(ev.key)
                 else:
                     self.ctl.apply_endpoint_entry(ev.network, ev.key, value)
+                    self._mark(ev.network)
                 self._wake.set()
             elif kind is NetworkSynced:
+                self._dirty = None
                 self._wake.set()
+
+    def _mark(self, network: str) -> None:
+        if self._dirty is not None:
+            self._dirty.add(network)
 
     def on_member_event(self, event: Any, now: float) -> None:
         if self._joined_at is not None or not isinstance(event, gev.JoinCompleted | gev.MemberJoined):
             return
         if isinstance(event, gev.JoinCompleted) or event.member.name != self.node.name:
             self._joined_at = now
+            self._dirty = None
             self._wake.set()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
+            timer = True
             with trio.move_on_after(self._next_wait()):
                 await self._wake.wait()
                 await trio.sleep(RECONCILE_DEBOUNCE)
+                timer = False
             self._wake = trio.Event()
+            dirty, self._dirty = self._dirty, set()
             async with self._lock:
-                await self._reconcile_quietly()
+                await self._reconcile_quietly(None if timer or dirty is None else dirty)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -439,7 +455,7 @@ class CnmService(BaseService):
         if isinstance(action, st.PersistSandboxes):
             return await trio.to_thread.run_sync(self._write_sandboxes, action.data)
         if isinstance(action, st.Reconcile):
-            return await self._reconcile()
+            return await self._reconcile(scope=action.namespaces)
         if isinstance(action, st.AttachNetwork):
             await self._need_ipam().attach(action.network)
             return await self._join(action.network)
@@ -568,10 +584,16 @@ class CnmService(BaseService):
                     wait = min(wait, end - now + 0.01)
         return wait
 
-    async def _reconcile(self) -> int:
+    async def _reconcile(
+        self, *, networks: set[str] | None = None, scope: tuple[str, ...] | None = None
+    ) -> int:
         """One reconcile pass (the caller holds the lock): observe, plan, apply; re-plan after a refusal.
-        While settling no FDB or neighbour entry is removed. Returns the number of ops applied; raises the last
-        DataplaneError after RECONCILE_ATTEMPTS."""
+        Full by default (every namespace of the desired state and every managed one that exists);
+        ``scope`` limits observe and plan to those namespaces (an operation's ``Reconcile``), ``networks``
+        to the overlay namespaces of those networks (table changes: their remote entries, or the whole
+        overlay when the network appeared or went), so a change costs what it touches, not every
+        namespace of the host. While settling no FDB or neighbour entry is removed. Returns the number
+        of ops applied; raises the last DataplaneError after RECONCILE_ATTEMPTS."""
         assert self.ctl is not None
         self.counters["reconciles"] += 1
         applied = 0
@@ -583,8 +605,21 @@ class CnmService(BaseService):
                     log.warning("overlay: %s", line)
                 self.counters["dropped_records"] += len(want.dropped)
                 self._dropped = want.dropped
-            snap = await trio.to_thread.run_sync(self.dp.observe, want.scope(self._existing()))
-            ops = plan(want, snap)
+            if networks is not None:
+                names = self._overlays_of(want, networks)
+                if not names:
+                    break
+            elif scope is not None:
+                names = tuple(sorted(set(scope)))
+            else:
+                names = want.scope(self._existing())
+            snap = await trio.to_thread.run_sync(self.dp.observe, names)
+            if networks is None and scope is None:
+                self.counters["reconciles_full"] += 1
+                ops = plan(want, snap)
+                self._overlay_ns = {ov.network: ns for ns, ov in want.overlays.items()}
+            else:
+                ops = plan(want, snap, scope=names)
             if self._settling():
                 ops = tuple(op for op in ops if not isinstance(op, _HELD_WHILE_SETTLING))
             if not ops:
@@ -625,9 +660,23 @@ class CnmService(BaseService):
             return
         self.counters["arp_kicks"] += len(kicks)
 
-    async def _reconcile_quietly(self) -> None:
+    def _overlays_of(self, want: DesiredState, networks: set[str]) -> tuple[str, ...]:
+        """The overlay namespaces of ``networks``: wanted now, or made by an earlier pass (to go)."""
+        names = set()
+        for ns, ov in want.overlays.items():
+            if ov.network in networks:
+                names.add(ns)
+                self._overlay_ns[ov.network] = ns
+        for network in networks:
+            old = self._overlay_ns.get(network)
+            if old is not None and old not in want.overlays:
+                names.add(old)
+                del self._overlay_ns[network]
+        return tuple(sorted(names))
+
+    async def _reconcile_quietly(self, networks: set[str] | None = None) -> None:
         try:
-            await self._reconcile()
+            await self._reconcile(networks=networks)
         except (DataplaneError, ValueError, OSError) as exc:
             self.counters["reconcile_errors"] += 1
             self.last_error = str(exc)

@@ -24,13 +24,26 @@ from tests.shell.ndb_helpers import FAST, NDB, api_request
 WAIT = 20.0
 
 
+class RecordingDataplane(MemoryDataplane):
+    """A ``MemoryDataplane`` that keeps the scope of every ``observe`` (what a reconcile pass looked at)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observed: list[tuple[str, ...]] = []
+
+    def observe(self, scope: Any) -> Any:
+        scope = tuple(scope)
+        self.observed.append(scope)
+        return super().observe(scope)
+
+
 class Host:
     def __init__(self, name: str, ip: str, tmp: Path) -> None:
         self.name = name
         self.ip = ip
         self.state = str(tmp / f"{name}.state")
         self.api = str(tmp / f"{name}.sock")
-        self.dp = MemoryDataplane()
+        self.dp = RecordingDataplane()
         self.node: Any = None
         self.cnm: Any = None
         self.ipam: Any = None
@@ -128,6 +141,9 @@ async def test_network_on_a_containers_on_b_and_c_program_each_other(tmp_path):
         assert body["sandbox"]["endpoints"][0]["ifname"] == "eth0"
         ov_b, ov_c = f"h2-ov-{vni}", f"h3-ov-{vni}"
         await until(lambda: fdb(b).get(ov_b) == {(ep_c["mac"], c.ip)}, "b's FDB entry for c's container")
+        # c's records changed one table on b: that pass observed b's overlay namespace of the network only,
+        # not b's sandboxes (a change costs what it touches; the slow timer's full pass repairs drift).
+        assert (ov_b,) in b.dp.observed, b.dp.observed
         await until(lambda: fdb(c).get(ov_c) == {(ep_b["mac"], b.ip)}, "c's FDB entry for b's container")
         assert neigh(b)[ov_b] == {(ep_c["ipv4"], ep_c["mac"])}
         assert neigh(c)[ov_c] == {(ep_b["ipv4"], ep_b["mac"])}
