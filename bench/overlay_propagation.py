@@ -17,8 +17,9 @@ also given on its own.
 A second figure, "programmed on B", is when the endpoint's permanent neighbour entry appeared in B's overlay
 namespace (``ip -ts monitor neigh`` there): the control plane alone. The ping figure is above it by the
 probe's ARP: its first ARP request for the new address goes out when the call returns, and if B's entry is
-not there yet it is unanswered and the kernel retries after ``retrans_time`` (1 s), so ping figures come
-in steps of about a second above the programming time.
+not there yet it is unanswered; the kernel alone would retry after ``retrans_time`` (1 s), but B's agent
+kicks its local sandboxes when it programs a new remote address (``cnm_svc.arp_kicks``), so the reply
+follows the programming within milliseconds.
 
 Reference figures from the same run: the RTT between two established probes over the overlay, the RTT
 between two hosts on the underlay, and the "spawn ping until first reply" time against an established

@@ -20,6 +20,12 @@ the last operation.
 (``reconcile_interval``: drift is repaired within one period), the loop turns the controller's
 ``host_view()`` into a desired state, observes the namespaces in scope and applies the plan through the
 ``Dataplane`` in a worker thread (the dataplane blocks); a refused plan is re-observed and re-planned.
+A pass costs what changed: after table changes it observes and plans only the overlay namespaces of the
+networks whose tables changed (``on_db_events`` marks them), an operation's ``Reconcile`` only the
+namespaces it names; the slow timer, a network sync and the end of settling run the full pass (every
+namespace, stale ones included), which repairs drift. When a pass programs a remote address that is new on
+an existing ``vxlan0``, the local sandboxes plugged into that network are *kicked* once (``arp_kicks``): a
+container that already asked for the address resolves it at once instead of after its ARP retransmit (1 s).
 After a restart with adopted sandboxes the service is *settling* until it joined the cluster and
 ``settle_delay`` passed (bounded by ``reconcile_interval`` + 30 s): the tables may not have synced yet,
 so no FDB or neighbour entry is removed; the local half of the overlay is described from the record copies
