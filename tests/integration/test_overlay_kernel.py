@@ -155,6 +155,11 @@ def test_tcp_and_icmp_between_hosts_ride_vxlan_on_the_underlay(cluster: Harness,
     c2 = h.container("c2", host="h2", network="n1")
     assert c1["ip"] == "10.31.0.11" and c2["ip"].startswith("10.31.0.")
     wait_until(lambda: ping(h, "c1", c2["ip"]), SPREAD, "c1 to ping c2 over the overlay")
+    # h1 programmed c2's address on its existing vxlan0 while c1 was plugged: it kicked c1 (a permanent entry
+    # written and deleted in c1's namespace through the kernel dataplane), which leaves no permanent entry.
+    cnm = h.call("h1", "GET", "/v1/agent")["services"]["cnm"]
+    assert cnm["arp_kicks"] >= 1 and cnm["arp_kick_errors"] == 0, cnm
+    assert "PERMANENT" not in h.exec("c1", ["ip", "neigh", "show"]).stdout
     # The underlay carries it as VXLAN: tcpdump in the underlay namespace sees UDP 4789 between h1 and h2.
     dump = subprocess.Popen(
         [
