@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from meshnet.core.drive import Outputs, drain, drain_stacked, fire_due, fire_due_stacked
+from meshnet.gossip import packet
 from sim.checks import MemberView, membership_converged
 from sim.network import PROFILES, LinkParams, Network
 from sim.scheduler import US_PER_S, Scheduler, to_us
@@ -45,6 +46,12 @@ Addr = tuple[str, int]
 PORT = 7946
 #: After this many timer firings at one instant that leave the deadline still due, the core is stuck.
 _MAX_REFIRES = 1000
+
+
+#: LZW memos for a simulated cluster: every datagram a node compresses is inflated by its receiver in
+#: this process, so the inflate memo must hold the datagrams in flight (a hit changes no byte).
+SIM_LZW_MEMO = (2048, 32 << 20)
+packet.set_lzw_memo(*SIM_LZW_MEMO)
 
 
 def node_addr(index: int, port: int = PORT) -> Addr:

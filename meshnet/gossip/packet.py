@@ -112,8 +112,10 @@ class _Memo:
 #: compression and by every inflate, so identical compressed bytes are inflated once; in the
 #: simulator every datagram is compressed and inflated in one process). Both are exact functions of
 #: their key, so a hit returns what the codec would; remote input can only churn them (bounded).
-#: Entries and bytes of each memo by default (an agent's working set: a few in-flight frames).
-LZW_MEMO_DEFAULT = (512, 2 << 20)
+#: Entries and bytes of each memo by default: an agent only gains from a compound sent to several
+#: gossip targets, so they stay small (RSS); the simulator, which inflates every datagram it
+#: compressed, sets larger ones (``sim.cluster``).
+LZW_MEMO_DEFAULT = (64, 256 << 10)
 _DEFLATED = _Memo(*LZW_MEMO_DEFAULT)
 _INFLATED = _Memo(*LZW_MEMO_DEFAULT)
 
