@@ -453,8 +453,22 @@ def test_the_same_name_after_a_leave_or_without_state_is_a_new_identity_and_no_s
     # (2) SIGKILL b and restart it with the same --name and an EMPTY state directory: a new identity
     # that finds its predecessor and adopts it (retires it; its blocks are taken back), so its space
     # is not stuck: filling the network from a ends in `exhausted`, never `unreachable`.
-    take(b, "b-ep1")
+    before = {r["block"]: r["free"] for r in a.blocks(net)}
+    y = ipaddress.ip_address(take(b, "b-ep1")["address"])
+    k = next(
+        r["block"]
+        for r in b.blocks(net)
+        if ipaddress.ip_address(r["first"]) <= y <= ipaddress.ip_address(r["last"])
+    )
     b_old, b_blocks = b.call_identity, set(believed(b, net))
+    # Only what the records showed before the crash is known to the others (an allocation in the last
+    # free-hint interval before a crash is not: ipam.md 3.9, the adoption has no endpoint records here).
+    wait_until(
+        lambda: all({r["block"]: r["free"] for r in x.blocks(net)}[k] == before[k] - 1 for x in (a, c2)),
+        SPREAD_TIMEOUT,
+        "a and c2 to see b's allocation in b's block record",
+        pool.describe,
+    )
     pool.kill(b)
     shutil.rmtree(b.state)
     b2 = pool.start("i2", b.ip, port=b.port, join=a)
@@ -481,7 +495,8 @@ def test_the_same_name_after_a_leave_or_without_state_is_a_new_identity_and_no_s
     assert last is not None and last.code == "exhausted", last
     # Every pickable address of the /26 is held exactly once: b's endpoint address by the quarantine
     # of the adopted identity (its container may still answer ARP), c's (released by its leave) again.
-    assert len(live) == 61, sorted(live)
+    pickable = {str(x) for x in ipaddress.ip_network(subnet).hosts()} - {"10.28.0.1"}
+    assert len(live) == 61, (sorted(pickable - live.keys()), [r for r in a.blocks(net)], pool.describe())
     table = a.ctl("ipam", "ls", net).stdout
     assert table.splitlines()[0].split()[-1] == "IDENTITY" and "i1~" in table, table
 

@@ -4,6 +4,7 @@ CLI's table. Real Nodes over loopback (127.0.8.14x) in one process, as the Netwo
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import threading
@@ -448,8 +449,17 @@ async def test_a_restart_without_the_state_directory_adopts_the_predecessors_blo
         await wait_for(
             lambda: bool(own_blocks(b, NET)) and b.core.believed().keys() - a.core.believed().keys()
         )
+        before = {r.block: r.free for r in a.listing(NET)}
         held = await b.allocate(NET, tag="b-ep1")
+        ip = ipaddress.ip_address(held)
+        (k,) = [
+            r.block
+            for r in b.listing(NET)
+            if ipaddress.ip_address(r.first) <= ip <= ipaddress.ip_address(r.last)
+        ]
         old, b_blocks = b.core.name, set(own_blocks(b, NET))
+        # What the records showed before the crash is what the others know (ipam.md 3.9): wait for it.
+        await wait_for(lambda: {r.block: r.free for r in a.listing(NET)}[k] == before[k] - 1)
         c.kill("b")  # a crash: no leave
         with trio.fail_after(10):
             await c.nodes["b"].wait_stopped()
