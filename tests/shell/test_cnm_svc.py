@@ -225,6 +225,11 @@ async def test_api_errors_answer_with_code_and_change_nothing(tmp_path):
         status, att_b = await b.call("POST", "/v1/attach", {"network": "web", "sandbox": "cb"})
         assert status == 201, att_b
         await until(lambda: len(a.cnm.ctl.endpoints()) == 2, "b's endpoint on a")
+        # ... as joined (its record is written again by the join, after its creation, which alone is
+        # enough for the FDB entries below): the baseline must not change under the checks.
+        await until(
+            lambda: any(e.name == "cb" and e.sandbox for e in a.cnm.ctl.endpoints()), "cb joined on a"
+        )
         await until(
             lambda: sum(map(len, fdb(a).values())) == 1 and sum(map(len, fdb(b).values())) == 1, "FDBs"
         )
@@ -328,6 +333,11 @@ async def test_a_failure_at_any_step_of_any_operation_leaves_nothing_behind(tmp_
         await until(lambda: any(n.name == "web" for n in b.cnm.ctl.networks()), "web on b")
         assert (await b.call("POST", "/v1/attach", {"network": "web", "sandbox": "cb"}))[0] == 201
         await until(lambda: len(a.cnm.ctl.endpoints()) == 5, "b's endpoint on a")
+        # ... as joined (its record is written again by the join, after its creation, which alone is
+        # enough for the FDB entries below): the baseline must not change under the checks.
+        await until(
+            lambda: any(e.name == "cb" and e.sandbox for e in a.cnm.ctl.endpoints()), "cb joined on a"
+        )
         # Every host programmed every remote endpoint, joined or not (a: cb; b: c1, c2, lone, lone2),
         # before the baseline.
         await until(
