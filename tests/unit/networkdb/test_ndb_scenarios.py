@@ -80,7 +80,9 @@ def test_equal_ltime_writes_by_two_owners_converge():
 
 
 def test_moby_50193_rebroadcast_flood_does_not_delay_local_write():
-    cfg = fast()
+    # A fixed budget (no adaptive growth), so the flood is far more than one interval can carry and
+    # only the queue's order decides whether the local write goes first.
+    cfg = fast().with_(max_gossip_packets=2, bulk_sync_interval=600.0)  # and no anti-entropy in the window
     c = joined(4, config=cfg, seed=5)
     c.run_for(1.0)
     # flood n0 with 1,000 fresh entries of n1, which n0 queues as rebroadcasts
@@ -93,7 +95,7 @@ def test_moby_50193_rebroadcast_flood_does_not_delay_local_write():
     c.pump("n0")
     assert c.db("n0").stats("net")["queue_len"] >= 900
     t0 = c.now
-    c.call("n0", "create_entry", "t", "net", "mine", b"local")
+    c.call("n0", "create_entry", "t", "net", "mine", b"l" * 40)  # as large as a flood entry: no fill-in
     deadline = t0 + cfg.gossip_interval + 2 * c.latency
     c.run_until(deadline)
     got = [n for n in ("n1", "n2", "n3") if c.db(n).get_entry("t", "net", "mine") is not None]
