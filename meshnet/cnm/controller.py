@@ -14,8 +14,10 @@ predecessors left. The orders (libnetwork.md 1.2-1.6):
 - network create: IPAM (VNI, subnets, gateways) -> ``networks`` entry.
 - network delete: IPAM delete (refuses while addresses are held anywhere) -> ``networks`` entry deleted.
 - endpoint create: attach to the network (IPAM + NetworkDB join) -> re-check the name against what the
-  join synced -> allocate IPv4 / IPv6 -> ``endpoint_table`` entry (MAC from the IPv4 address).
-- endpoint delete: entry deleted -> addresses released -> leave the NetworkDB network if it was the last.
+  join synced -> allocate IPv4 / IPv6 -> ``endpoint_table`` entry (MAC from the IPv4 address) -> dataplane
+  (the network's overlay namespace: a local address hides a remote record holding it, ``endpoint_ops``).
+- endpoint delete: entry deleted -> dataplane (the overlay namespace: remote records the address hid) ->
+  addresses released -> leave the NetworkDB network if it was the last.
 - sandbox create: local state -> ``sandboxes.json`` -> dataplane (the namespace, ``lo`` up).
 - join: local state (interface name) -> ``sandboxes.json`` -> dataplane (overlay namespace on the first
   join, veth, addresses) -> endpoint entry with its sandbox (libnetwork: driver Join before the table).

@@ -4,9 +4,17 @@ Theory of operation (libnetwork.md 1.4). Create validates the request (network, 
 network, aliases, service, an optional fixed address inside a subnet and not its gateway, network or
 broadcast address), then: attach to the network (IPAM + NetworkDB join) -> re-check the name against
 what the join synced -> allocate IPv4 / IPv6 -> put the ``endpoint_table`` entry (MAC from the IPv4
-address; an IPv6-only endpoint uses the low 32 bits of its address). Delete (local endpoints only, not
-joined): entry deleted -> addresses released -> leave the NetworkDB network if it was the last local
-endpoint there (best effort). ``sandbox_ops`` reuses these step lists for attach and sandbox delete.
+address; an IPv6-only endpoint uses the low 32 bits of its address) -> reconcile the network's overlay
+namespace. Delete (local endpoints only, not joined): entry deleted -> reconcile the overlay namespace ->
+addresses released -> leave the NetworkDB network if it was the last local endpoint there (best effort).
+``sandbox_ops`` reuses these step lists for attach (whose join reconciles) and sandbox delete.
+
+Why an endpoint that is not joined still reconciles: its record changes the desired overlay of a host
+that has one for the network (another local sandbox joined). A local endpoint claims its address and MAC
+before remote records do (``meshnet.overlay.desired``), so it hides a remote record with the same address,
+e.g. a stale one whose deletion has not arrived yet while this host allocated the released address again.
+Creating the endpoint removes that remote's entries; deleting it uncovers the record, whose entries must
+be programmed then: no table event for it may ever come (it was delivered long ago).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from .steps import (
     Local,
     Operation,
     PutEndpoint,
+    Reconcile,
     ReleaseAddress,
     Step,
 )
@@ -159,7 +168,15 @@ class EndpointOps(ControllerState):
         net, name, ip, aliases, service = self._validate_endpoint(network, name, ip, aliases, service)
         ep_id = self._endpoint_id()
         steps = self._endpoint_steps(net, ep_id, name, ip, aliases, service)
+        steps += self._endpoint_reconcile_steps(net.id)
         return self._op("endpoint_create", steps, lambda ctx: self._endpoints[net.id][ep_id])
+
+    def _endpoint_reconcile_steps(self, network_id: str, label: str = "") -> list[Step]:
+        """Reconcile the overlay namespace of ``network_id`` after a local endpoint record changed: its
+        address may hide or uncover a remote record (module docstring). A plain ``Reconcile`` value, so a
+        rollback's final reconcile covers the namespace too."""
+        namespaces = self._ov_netns(network_id)
+        return [Step(f"{label}endpoint_reconcile", Reconcile(namespaces))] if namespaces else []
 
     def create_endpoint_from(self, body: Mapping[str, Any]) -> Operation:
         """``create_endpoint`` from the API's JSON object; unknown fields are refused."""
@@ -180,6 +197,8 @@ class EndpointOps(ControllerState):
             return AllocateAddress(ep.network, ep.id, address, v6)
 
         steps = [Step(f"{label}delete_endpoint", DeleteEndpoint(ep.network, ep.id), (PutEndpoint(ep),))]
+        # Remote records its address hid (module docstring) are programmed before the address is free.
+        steps += self._endpoint_reconcile_steps(ep.network, label)
         if ep.ipv4:
             steps.append(
                 Step(

@@ -7,7 +7,8 @@ per-host delivery queues: a host's own writes reach its mirror at once, other ho
 current entries it gets on joining, as a NetworkDB join sync does). A host reconciles its whole
 dataplane after each delivery; operations reconcile their own namespaces.
 
-Rules: create networks, attach (new or existing sandbox), leave + delete an endpoint, delete a sandbox,
+Rules: create networks, attach (new or existing sandbox), leave + delete an endpoint, create and delete
+an endpoint that is never joined (its address hides a stale remote record on its host), delete a sandbox,
 an attach with a failure injected at a random step, drift (an FDB entry deleted and a neighbour altered
 by hand, then reconciled), restart (a new controller from ``sandboxes.json``: before the tables arrive
 it may only plan removals of remote entries; with the tables, adoption plans nothing, also through a
@@ -203,6 +204,22 @@ class OverlayMachine(RuleBasedStateMachine):
         sb, ep = pairs[pick % len(pairs)]
         h.ok(h.ctl.leave(sb, ep))
         h.ok(h.ctl.delete_endpoint(ep))
+
+    @rule(i=st.integers(0, 4), pick=st.integers(0, 100))
+    def create_loose_endpoint(self, i: int, pick: int) -> None:
+        h = self._host(i)
+        nets = h.ctl.networks()
+        if not nets:
+            return
+        self.counter += 1
+        h.ok(h.ctl.create_endpoint(network=nets[pick % len(nets)].id, name=f"l{self.counter}"))
+
+    @rule(i=st.integers(0, 4), pick=st.integers(0, 100))
+    def delete_loose_endpoint(self, i: int, pick: int) -> None:
+        h = self._host(i)
+        loose = [ep for ep in h.ctl.local_endpoints() if h.ctl.sandbox_of(ep.id) is None]
+        if loose:
+            h.ok(h.ctl.delete_endpoint(loose[pick % len(loose)].id))
 
     @rule(i=st.integers(0, 4), pick=st.integers(0, 100))
     def delete_sandbox(self, i: int, pick: int) -> None:

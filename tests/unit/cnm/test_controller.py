@@ -329,6 +329,10 @@ def test_the_name_is_checked_again_after_the_network_sync():
     assert undo.__class__.__name__ == "DetachNetwork"
     w.execute(undo)
     run.done(None)
+    final = run.next()  # the rollback ends with one reconcile of the namespaces the operation names
+    assert final == Reconcile(("mn-ov-4097",))
+    w.execute(final)
+    run.done(None)
     assert run.next() is None and run.finished
     w.ctl.apply_endpoint_entry(net.id, remote.id, None)
     assert w.fingerprint() == before
@@ -338,7 +342,13 @@ def test_the_name_is_checked_again_after_the_network_sync():
 
 ORDERS = {
     "network_create": ("ipam_create", "put_network"),
-    "endpoint_create": ("attach_network", "check_name", "allocate_ipv4", "put_endpoint"),
+    "endpoint_create": (
+        "attach_network",
+        "check_name",
+        "allocate_ipv4",
+        "put_endpoint",
+        "endpoint_reconcile",
+    ),
     "sandbox_create": ("sandbox_add", "sandbox_persist", "sandbox_reconcile"),
     "join": ("join_local", "join_persist", "join_reconcile", "join_put_endpoint"),
     "leave": ("leave_local", "leave_persist", "leave_reconcile", "leave_put_endpoint"),
@@ -355,7 +365,7 @@ ORDERS = {
         "join_reconcile",
         "join_put_endpoint",
     ),
-    "endpoint_delete": ("delete_endpoint", "release_ipv4", "detach_network"),
+    "endpoint_delete": ("delete_endpoint", "endpoint_reconcile", "release_ipv4", "detach_network"),
     "network_delete": ("attach_network", "check_unused", "delete_network", "ipam_delete", "detach_network"),
 }
 
@@ -523,3 +533,58 @@ def test_a_restart_describes_its_overlay_from_sandboxes_json_before_the_tables_s
     assert w.dp.dump() == programmed
     with pytest.raises(BadSandboxState, match="networks"):
         w.ctl.load_state(b'{"version": 1, "sandboxes": [], "networks": [{"id": 5}]}')
+
+
+def _stale_twin(w: World, net: NetworkRecord, ip: str) -> EndpointRecord:
+    """A remote record holding ``ip`` that this host has not seen deleted yet (its host released the
+    address, this host allocated it again): a local endpoint's claim hides it (``desired``)."""
+    stale = EndpointRecord(
+        id="f" * 24,
+        name="gone",
+        network=net.id,
+        host="h2",
+        vtep="192.0.2.2",
+        mac=mac_from_ip(ip),
+        ipv4=ip,
+        sandbox="s" * 24,
+    )
+    w.ctl.apply_endpoint_entry(net.id, stale.id, encode_endpoint(stale))
+    return stale
+
+
+def _full_plan(w: World):
+    d = desired(w.ctl.host_view())
+    return plan(d, w.dp.observe(d.scope(w.dp.namespaces())))
+
+
+@pytest.mark.parametrize("how", ["delete_sandbox", "leave_then_delete_endpoint", "delete_loose_endpoint"])
+def test_deleting_a_local_endpoint_programs_the_remote_record_its_address_hid(how):
+    # The overlay machine's counterexample: h2 allocated 10.0.1.50 again before h1's deletion of its
+    # endpoint at that address reached it; deleting h2's endpoint uncovers h1's stale record, which the
+    # desired state then holds, so the operation must program it (a later table event may never come).
+    w, net = setup_world()
+    w.ok(w.ctl.attach(network="front", sandbox="keep", now=2.0))  # the overlay stays
+    if how == "delete_loose_endpoint":
+        ep = w.ok(w.ctl.create_endpoint(network="front", name="e", ip="10.0.1.50"))
+    else:
+        ep = w.ok(w.ctl.attach(network="front", sandbox="c2", ip="10.0.1.50", now=3.0)).endpoint
+    stale = _stale_twin(w, net, "10.0.1.50")
+    w.reconcile()
+    assert f"fdb {stale.mac}" not in w.dp.dump()
+    if how == "delete_sandbox":
+        w.ok(w.ctl.delete_sandbox("c2"))
+    else:
+        if how == "leave_then_delete_endpoint":
+            w.ok(w.ctl.leave("c2", ep.id))
+        w.ok(w.ctl.delete_endpoint(ep.id))
+    assert _full_plan(w) == ()
+
+
+def test_creating_a_local_endpoint_removes_the_remote_record_its_address_hides():
+    w, net = setup_world()
+    w.ok(w.ctl.attach(network="front", sandbox="keep", now=2.0))
+    _stale_twin(w, net, "10.0.1.50")
+    w.reconcile()
+    assert _full_plan(w) == ()
+    w.ok(w.ctl.create_endpoint(network="front", name="e", ip="10.0.1.50"))
+    assert _full_plan(w) == ()
