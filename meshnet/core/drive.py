@@ -65,7 +65,9 @@ class _Drop:
     def send_user(self, payload: bytes, *, now: float) -> None:
         pass
 
-    def send_user_to(self, addr: Any, payload: bytes, *, reliable: bool = False, now: float) -> None:
+    def send_user_to(
+        self, addr: Any, payload: bytes, *, reliable: bool = False, compress: bool | None = None, now: float
+    ) -> None:
         pass
 
 

@@ -271,17 +271,34 @@ class Swim:
         self._user_queue.prune(_MAX_USER_QUEUE)
         self._after(now)
 
-    def send_user_to(self, addr: Addr, payload: bytes, *, reliable: bool = False, now: float) -> None:
-        """Send ``payload`` to one address: a UDP user message, or with ``reliable`` a TCP one."""
+    def send_user_to(
+        self,
+        addr: Addr,
+        payload: bytes,
+        *,
+        reliable: bool = False,
+        compress: bool | None = None,
+        now: float,
+    ) -> None:
+        """Send ``payload`` to one address: a UDP user message, or with ``reliable`` a TCP one.
+
+        ``compress=False`` frames this one message without LZW even when ``enable_compression`` is on
+        (memberlist compresses per message, and receivers accept both); ``None`` follows the config.
+        NetworkDB's table gossip uses it: short msgpack entries gain little from pure-Python LZW, which
+        costs about a millisecond per datagram each way."""
         self._now = now
         self._check_usable("send_user_to")
         addr = (addr[0], int(addr[1]))
         if reliable:
             self._open_stream(
-                addr, packet.encode_stream_user_msg(bytes(payload)), False, self.config.tcp_timeout
+                addr,
+                packet.encode_stream_user_msg(bytes(payload)),
+                False,
+                self.config.tcp_timeout,
+                compress=compress,
             )
         else:
-            self._send_raw(addr, [b"\x08" + bytes(payload)], False)
+            self._send_raw(addr, [b"\x08" + bytes(payload)], False, compress=compress)
         self._after(now)
 
     def receive_datagram(self, src: Addr, data: bytes, *, now: float) -> None:
@@ -475,11 +492,11 @@ class Swim:
     # internals: sending
     # ============================================================================================
 
-    def _send_raw(self, addr: Addr, parts: list[bytes], crc: bool) -> None:
+    def _send_raw(self, addr: Addr, parts: list[bytes], crc: bool, *, compress: bool | None = None) -> None:
         data = packet.encode_datagram(
             parts,
             crc=crc,
-            compress=self.config.enable_compression,
+            compress=self.config.enable_compression and compress is not False,
             keyring=self._out_keyring,
             rng=self.rng,
             udp_buffer_size=self.config.udp_buffer_size,
@@ -502,15 +519,22 @@ class Swim:
                 msgs += self._user_queue.get_broadcasts(overhead, avail, n)
         return msgs[:max_parts]
 
-    def _frame_stream(self, msg: bytes) -> bytes:
+    def _frame_stream(self, msg: bytes, *, compress: bool | None = None) -> bytes:
         return packet.encode_stream(
-            msg, compress=self.config.enable_compression, keyring=self._out_keyring, rng=self.rng
+            msg,
+            compress=self.config.enable_compression and compress is not False,
+            keyring=self._out_keyring,
+            rng=self.rng,
         )
 
-    def _open_stream(self, addr: Addr, data: bytes, expect_reply: bool, timeout: float) -> int:
+    def _open_stream(
+        self, addr: Addr, data: bytes, expect_reply: bool, timeout: float, *, compress: bool | None = None
+    ) -> int:
         self._next_stream_id += 1
         sid = self._next_stream_id
-        self._streams.append(StreamRequest(sid, addr, self._frame_stream(data), expect_reply, timeout))
+        self._streams.append(
+            StreamRequest(sid, addr, self._frame_stream(data, compress=compress), expect_reply, timeout)
+        )
         self._stats["streams_opened"] += 1
         return sid
 

@@ -8,7 +8,8 @@ Wiring to the gossip core (``docs/gossip-core.md``). The shell feeds ``handle_go
 event (or calls ``receive``/``node_*`` directly) and hands the outputs to Swim:
 
     broadcasts_to_send()  -> swim.send_user(payload)                      attachment events, cluster-wide
-    messages_to_send()    -> swim.send_user_to(m.addr, m.payload, reliable=m.reliable)
+    messages_to_send()    -> swim.send_user_to(m.addr, m.payload, reliable=m.reliable,
+                             compress=False for UDP: see flush_to)
                              UDP table gossip and small requests; TCP for bulk/state syncs and big entries
                              (``flush_to(swim, now=)`` does both)
     next_event()          -> watch events, NetworkSynced, requests/responses, HighWaterRaised, ...
@@ -75,7 +76,9 @@ __all__ = ["NetworkDB", "OutboundMessage"]
 
 class _UserSender(Protocol):
     def send_user(self, payload: bytes, *, now: float) -> None: ...
-    def send_user_to(self, addr: Addr, payload: bytes, *, reliable: bool = False, now: float) -> None: ...
+    def send_user_to(
+        self, addr: Addr, payload: bytes, *, reliable: bool = False, compress: bool | None = None, now: float
+    ) -> None: ...
 
 
 class NetworkDB(Replica):
@@ -491,7 +494,11 @@ class NetworkDB(Replica):
         for payload in self.broadcasts_to_send():
             swim.send_user(payload, now=now)
         for m in self.messages_to_send():
-            swim.send_user_to(m.addr, m.payload, reliable=m.reliable, now=now)
+            # UDP table gossip goes out uncompressed: short msgpack entries gain little from LZW, which
+            # costs about a millisecond per datagram in pure Python (TCP bulk syncs keep the config's choice).
+            swim.send_user_to(
+                m.addr, m.payload, reliable=m.reliable, compress=None if m.reliable else False, now=now
+            )
 
     def next_event(self) -> NetworkDBEvent | None:
         while self._events:

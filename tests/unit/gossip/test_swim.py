@@ -592,3 +592,23 @@ def plain_dgram(msg) -> bytes:
     return packet.encode_datagram(
         [encode_message(msg)], crc=False, compress=False, keyring=None, rng=random.Random(1)
     )
+
+
+def test_send_user_to_can_skip_compression_for_one_message() -> None:
+    """``compress=False`` frames one user message without LZW although the config compresses (memberlist
+    compresses per message; receivers take both). 0x09 is memberlist's compressMsg type."""
+    core = Swim(lan(), name="me", addr=("10.0.0.1", 7946), rng=random.Random(1), now=0.0)
+    assert core.config.enable_compression
+    payload = b"table-entry " * 20
+    core.send_user_to(("10.0.0.2", 7946), payload, now=0.0)
+    core.send_user_to(("10.0.0.2", 7946), payload, compress=False, now=0.0)
+    core.send_user_to(("10.0.0.2", 7946), payload, reliable=True, compress=False, now=0.0)
+    (_, compressed), (_, plain) = core.datagrams_to_send()
+    assert compressed[0] == 0x09 and plain[0] == 0x08 and plain == b"\x08" + payload
+    (stream,) = core.streams_to_open()
+    assert stream.data[0] != 0x09 and payload in stream.data
+    peer = Swim(lan(), name="peer", addr=("10.0.0.2", 7946), rng=random.Random(2), now=0.0)
+    for data in (compressed, plain):
+        peer.receive_datagram(("10.0.0.1", 7946), data, now=0.1)
+    got = [e.payload for e in iter(peer.next_event, None) if isinstance(e, UserMessageReceived)]
+    assert got == [payload, payload]
