@@ -69,6 +69,7 @@ from meshnet.core.errors import ApiError, ConfigError, DataplaneError, LocalProt
 from meshnet.dataplane import AddNeighbour, DelFdbEntry, DelNeighbour
 from meshnet.gossip import events as gev
 from meshnet.ipam import IpamError
+from meshnet.ipam.space import SubnetConfig
 from meshnet.networkdb import EntryCreated, EntryDeleted, EntryUpdated, NetworkSynced
 from meshnet.overlay import VXLAN, DesiredState, desired, is_managed_netns, plan
 from meshnet.runtime.service import BaseService
@@ -468,14 +469,14 @@ class CnmService(BaseService):
         if isinstance(action, st.DetachNetwork):
             return self._leave_if_unneeded(action.network)
         if isinstance(action, st.IpamCreateNetwork):
-            cfg = await self._need_ipam().create_network(
-                action.network, subnets=action.subnets, ipv6=action.ipv6
+            ipam = self._need_ipam()
+            cfg = await ipam.create_network(
+                action.network, subnets=_with_gateway(action.subnets, action.gateway), ipv6=action.ipv6
             )
             if action.gateway is not None and action.gateway not in {str(s.gateway) for s in cfg.subnets}:
+                # The controller checked the gateway lies in one given subnet; IPAM must have kept it.
                 await ipam.delete_network(action.network)
-                raise ApiError(
-                    400, "not_supported", f"gateway {action.gateway}: custom gateways are not supported yet"
-                )
+                raise ApiError(500, "internal", f"IPAM did not keep the gateway {action.gateway}")
             return cfg
         if isinstance(action, st.IpamDeleteNetwork):
             return await self._need_ipam().delete_network(action.network)
@@ -691,3 +692,18 @@ class CnmService(BaseService):
     def now(self) -> float:
         """Wall-clock time for records (``created``)."""
         return time.time()
+
+
+def _with_gateway(subnets: tuple[str, ...], gateway: str | None) -> list[Any]:
+    """The subnets for ``IpamService.create_network``: the one containing ``gateway`` as a ``SubnetConfig``
+    carrying it (IPAM then reserves it instead of the first usable address), the others as given."""
+    if gateway is None:
+        return list(subnets)
+    gw = ipaddress.ip_address(gateway)
+    out: list[Any] = []
+    for subnet in subnets:
+        net = ipaddress.ip_network(subnet, strict=False)
+        out.append(
+            SubnetConfig.make(subnet, gateway=gateway) if gw.version == net.version and gw in net else subnet
+        )
+    return out

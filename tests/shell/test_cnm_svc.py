@@ -483,3 +483,31 @@ async def test_a_crashed_and_restarted_agent_adopts_its_sandboxes_without_touchi
         status, body = await b.call("POST", "/v1/attach", {"network": "web", "sandbox": "c3"})
         assert status == 201, body  # and it works as before
         nursery.cancel_scope.cancel()
+
+
+async def test_a_custom_gateway_is_kept_and_never_allocated(tmp_path):
+    async with trio.open_nursery() as nursery:
+        a, b = await cluster(nursery, tmp_path, n=2)
+        body = {"name": "gw", "subnet": "10.31.0.0/28", "gateway": "10.31.0.14"}
+        status, net = await a.call("POST", "/v1/networks", body)
+        assert status == 201, net
+        assert net["subnets"] == [{"subnet": "10.31.0.0/28", "gateway": "10.31.0.14"}]
+        await until(lambda: any(n.name == "gw" for n in b.cnm.ctl.networks()), "network record on b")
+        got = set()
+        for i in range(13):  # 16 addresses - network - broadcast - the gateway
+            status, att = await (a, b)[i % 2].call(
+                "POST", "/v1/attach", {"network": "gw", "sandbox": f"s{i}"}
+            )
+            assert status == 201, att
+            got.add(att["endpoint"]["ipv4"])
+        assert "10.31.0.14" not in got and len(got) == 13  # the default gateway .1 is an ordinary address
+        assert "10.31.0.1" in got
+        status, err = await a.call("POST", "/v1/attach", {"network": "gw", "sandbox": "s99"})
+        assert status == 507 and err["code"] == "exhausted", err
+        # The bridge of the network's overlay namespace carries the custom gateway.
+        snap = a.dp.snapshot()
+        ov = next(ns for ns in snap.namespaces if ns.startswith("h1-ov-"))
+        assert any(ad.dev == "br0" and ad.cidr == "10.31.0.14/28" for ad in snap.get(ov).addresses), snap.get(
+            ov
+        )
+        nursery.cancel_scope.cancel()
