@@ -64,12 +64,7 @@ import random
 import struct
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, fields
-
-import dns.flags
-import dns.message
-import dns.name
-import dns.rdata
-import dns.rdataclass
+from typing import TYPE_CHECKING
 
 from meshnet.core.clock import DeadlineHeap
 from meshnet.core.errors import ConfigError
@@ -105,6 +100,10 @@ from .wire import (
     render_rr,
     truncate,
 )
+
+if TYPE_CHECKING:
+    import dns.message
+    import dns.rdata
 
 __all__ = ["Transport", "Upstream", "Reply", "Forward", "ResolverConfig", "ResolverStats", "Resolver"]
 
@@ -434,6 +433,10 @@ class Resolver:
         ``fast`` is what the fast parser read: its question goes into error replies when dnspython fails.
         """
         query_id, flags = fast.id, fast.flags
+        # dnspython (about 12 MB of RSS) is imported on the first query the fast path hands over, so an
+        # agent whose resolvers never see one (or that serves no sandbox) never loads it.
+        import dns.message
+
         try:
             msg = dns.message.from_wire(data)
         except dns.message.UnknownTSIGKey:
@@ -549,6 +552,10 @@ class Resolver:
         return b"".join((head, q.question, *answers, *extra, opt))
 
     def _render_full(self, entry: _Entry, msg: dns.message.Message) -> bytes:
+        import dns.flags  # loaded with dns.message by _receive_full, the only caller
+        import dns.name
+        import dns.rdataclass
+
         cfg = self._config
         resp = dns.message.make_response(
             msg, recursion_available=bool(self._upstreams), our_payload=cfg.edns_udp_payload
@@ -652,6 +659,9 @@ class Resolver:
 
 
 def _rdata(rr: Rr) -> dns.rdata.Rdata:
+    import dns.rdata  # loaded with dns.message by _receive_full
+    import dns.rdataclass
+
     rdclass = dns.rdataclass.IN
     value = rr.value
     if rr.rtype in (A, AAAA):

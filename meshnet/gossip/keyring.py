@@ -20,11 +20,12 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from meshnet.core.errors import ConfigError, DecodeError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "Keyring",
@@ -44,6 +45,15 @@ NONCE_SIZE = 12
 TAG_SIZE = 16
 _BLOCK = 16
 MAX_ENCRYPTION_VERSION = 1
+
+
+def _aesgcm(key: bytes) -> AESGCM:
+    """An AES-GCM object for ``key``. ``cryptography`` (about 7.5 MB of RSS) is imported here, on first
+    use, so a process that never builds a ``Keyring`` or seals a payload never loads it; an agent without
+    a keyring drops encrypted packets in ``packet.py`` before anything here is called."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
 
 
 def _check_key(key: bytes) -> bytes:
@@ -74,7 +84,7 @@ class Keyring:
     def _add(self, key: bytes) -> None:
         if key not in self._ciphers:
             self._keys.append(key)
-            self._ciphers[key] = AESGCM(key)
+            self._ciphers[key] = _aesgcm(key)
 
     @property
     def keys(self) -> tuple[bytes, ...]:
@@ -149,7 +159,7 @@ def encrypt(vsn: int, key: bytes, plaintext: bytes, aad: bytes, nonce: bytes, *,
     if vsn == 0:
         pad = _BLOCK - len(plaintext) % _BLOCK
         plaintext += bytes((pad,)) * pad
-    aead = cipher if cipher is not None else AESGCM(_check_key(key))
+    aead = cipher if cipher is not None else _aesgcm(_check_key(key))
     return bytes((vsn,)) + bytes(nonce) + aead.encrypt(bytes(nonce), plaintext, bytes(aad) or None)
 
 
@@ -167,6 +177,8 @@ def decrypt_payload(keyring: Keyring, data: bytes, aad: bytes) -> bytes:
         raise DecodeError(f"unsupported encryption version {vsn}")
     if len(data) < encrypted_length(vsn, 0):
         raise DecodeError(f"payload of {len(data)} bytes is too small to decrypt")
+    from cryptography.exceptions import InvalidTag  # loaded already: the keyring built its ciphers
+
     nonce = data[1 : 1 + NONCE_SIZE]
     sealed = data[1 + NONCE_SIZE :]
     aad_or_none = bytes(aad) or None

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import stat
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -229,6 +230,16 @@ def member_json(member: Any) -> dict[str, Any]:
     }
 
 
+#: Big optional dependencies, imported only where the configuration needs them (bench/README.md, gossip section): a
+#: keyring loads cryptography, the DNS reference path dnspython, --dataplane kernel pyroute2, IPAM netaddr.
+OPTIONAL_MODULES = ("cryptography", "dns.message", "pyroute2", "netaddr")
+
+
+def loaded_optional_modules() -> list[str]:
+    """Which of ``OPTIONAL_MODULES`` this process has imported (a debug aid for memory budgets)."""
+    return [name for name in OPTIONAL_MODULES if name in sys.modules]
+
+
 def agent_json(node: Any) -> dict[str, Any]:
     members = node.members()
     counts: dict[str, int] = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
@@ -256,6 +267,7 @@ def agent_json(node: Any) -> dict[str, Any]:
         "stats": {"gossip": node.gossip_stats(), "runtime": dict(node.stats)},
         "networkdb": node.db is not None,
         "services": {svc.name: svc.stats() for svc in getattr(node, "services", ())},
+        "debug": {"optional_modules_loaded": loaded_optional_modules()},
     }
 
 
