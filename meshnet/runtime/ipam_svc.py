@@ -20,8 +20,8 @@ its ``run`` nursery, never in a hook:
   waiting operation; the timer is re-armed to ``next_deadline``.
 - *Persister.* The write-ahead order is the safety argument (ipam.md 3.6): the core gates every output
   behind the ``Persist`` that justifies it, and the persister calls ``persisted(seq)`` only after the
-  records are appended to ``STATE_DIR/ipam/ipam.log`` and fsynced (several persists share one fsync when
-  they queue up: group commit). A failed write is retried and never acknowledged, so nothing that
+  records are appended to ``STATE_DIR/ipam/ipam.log`` durably (``O_DSYNC``; several persists share
+  one write when they queue up: group commit). A failed write is retried and never acknowledged, so nothing that
   depends on it leaves the host.
 - *Timer.* One task sleeps until ``next_deadline`` and calls ``handle_timer``.
 
@@ -72,7 +72,8 @@ appeared (NetworkDB reports a sync only for joins made while peers are known).
 
 State files (``STATE_DIR/ipam/``, format 1): ``ipam.snap`` (pickle of the whole durable record map,
 replaced atomically) and ``ipam.log`` (frames ``u32 length, u32 crc32, pickle of one Persist's
-records``, appended and fsynced). A torn or corrupt last frame (a crash during an append) is ignored;
+records``, appended through an ``O_DSYNC`` descriptor: durable when the write returns). A torn or
+corrupt last frame (a crash during an append) is ignored;
 damage elsewhere refuses the start. The directory is the agent's (mode 0700, locked by the agent).
 
 API (``/v1/ipam``, JSON; errors ``{code, message}`` as ``ipam_api_error`` maps them):
@@ -298,6 +299,14 @@ def identity_host(name: str) -> str:
 # ---------------------------------------------------------------------- state files
 
 
+def _fsync_dir(path: str) -> None:
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 class IpamStore:
     """``STATE_DIR/ipam``: the durable record map (snapshot + append-only log). Not thread-safe: one
     caller at a time (the persister). ``records`` mirrors what is on disk."""
@@ -375,20 +384,36 @@ class IpamStore:
         self.log_frames = frames
         return dict(records)
 
-    def append(self, batch: Sequence[Persist]) -> None:
-        """Append the persists as frames and fsync (raises OSError). Updates ``records`` only after."""
+    @staticmethod
+    def encode(batch: Sequence[Persist]) -> bytes:
+        """The log frames of the persists. The persister encodes in the trio thread, so the writer
+        thread needs the interpreter lock only to start, after its one ``write`` and to return."""
         parts = []
         for p in batch:
             body = pickle.dumps(p.records, protocol=pickle.HIGHEST_PROTOCOL)
             parts.append(_FRAME.pack(len(body), zlib.crc32(body)) + body)
+        return b"".join(parts)
+
+    def append(self, batch: Sequence[Persist], data: bytes | None = None) -> None:
+        """Append the persists as frames (``data``: their ``encode``, if done already), durably, before
+        returning (raises OSError). Updates ``records`` only after.
+
+        The log is opened ``O_DSYNC``: a ``write`` returns only once its data, and the file size that
+        makes it readable, are on stable storage (the ``fdatasync`` guarantee), in one system call
+        instead of a write and an fsync. A new log's directory entry is made durable when the log is
+        created (after a compaction removed the previous one)."""
+        if data is None:
+            data = self.encode(batch)
         if self._log_fd is None:
             self._log_fd = os.open(
-                os.path.join(self.path, self.LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+                os.path.join(self.path, self.LOG),
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_DSYNC,
+                0o600,
             )
-        view = memoryview(b"".join(parts))
+            _fsync_dir(self.path)
+        view = memoryview(data)
         while view:
             view = view[os.write(self._log_fd, view) :]
-        os.fsync(self._log_fd)
         self.log_frames += len(batch)
         for p in batch:
             for key, value in p.records:
@@ -419,11 +444,7 @@ class IpamStore:
             self._log_fd = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.path, self.LOG))
-        dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _fsync_dir(self.path)
         self.log_frames = 0
 
     def move_aside(self) -> str:
@@ -1356,7 +1377,8 @@ class IpamService(BaseService):
                 batch, self._persist_queue = self._persist_queue, []
                 if store is not None:
                     try:
-                        await trio.to_thread.run_sync(store.append, batch)
+                        data = store.encode(batch)
+                        await trio.to_thread.run_sync(store.append, batch, data)
                         if store.wants_compaction():
                             await trio.to_thread.run_sync(store.compact)
                             self.counters["compactions"] += 1

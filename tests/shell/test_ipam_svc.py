@@ -4,6 +4,7 @@ CLI's table. Real Nodes over loopback (127.0.8.14x) in one process, as the Netwo
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
 import shutil
@@ -46,7 +47,10 @@ def test_store_round_trip_torn_tail_damage_compaction_and_move_aside(tmp_path: P
     store = IpamStore(str(tmp_path / "ipam"))
     assert store.load() == {}
     store.append([_persist(1, (("a",), 1), (("b", "x", 2), {"k": (1, 2)}))])
-    store.append([_persist(2, (("a",), None), (("c",), "v")), _persist(3, (("c",), "w"))])
+    batch = [_persist(2, (("a",), None), (("c",), "v")), _persist(3, (("c",), "w"))]
+    store.append(batch, IpamStore.encode(batch))
+    # Durable when the write returns (the write-ahead rule): the log descriptor is O_DSYNC.
+    assert fcntl.fcntl(store._log_fd, fcntl.F_GETFL) & os.O_DSYNC
     store.close()
     expected = {("b", "x", 2): {"k": (1, 2)}, ("c",): "w"}
     again = IpamStore(store.path)
@@ -187,9 +191,9 @@ class GatedStore(IpamStore):
 
     gate = threading.Event()
 
-    def append(self, batch):
+    def append(self, batch, data=None):
         assert self.gate.wait(timeout=30)
-        super().append(batch)
+        super().append(batch, data)
 
 
 class Cluster:
