@@ -5,7 +5,8 @@ Rules (docs/agent-services.md section 3; libnetwork.md 3.2-3.4):
 - A network gets an overlay namespace on this host while at least one of its local endpoints is joined to
   a local sandbox; with it: ``br0`` (pinned MTU and a MAC derived from the network id, the gateways
   ``GW/prefix`` of every subnet as addresses, up), ``vxlan0`` (VNI, ``nolearning``, proxy, the network's
-  VXLAN port, created in the agent's namespace: ``underlay`` None; port of ``br0``, up) and one veth per
+  VXLAN port, ``local`` the host's ``vxlan_local`` (None: routing picks the source), created in the
+  agent's namespace: ``underlay`` None; port of ``br0``, up) and one veth per
   joined local endpoint: ``ve-{id[:8]}`` on ``br0``, up, its peer the sandbox's ``ethN`` with the
   endpoint's MAC and ``address/prefix`` of its subnet, up. Every link has the overlay MTU: the network's
   ``mtu`` or ``underlay_mtu - 50``.
@@ -72,6 +73,8 @@ class DesiredOverlay:
     fdb: Mapping[str, str]
     #: Remote endpoints: IP -> MAC (neighbours on ``vxlan0``).
     neighbours: Mapping[str, str]
+    #: ``vxlan0``'s source address (``HostView.vxlan_local``); None: routing picks it.
+    local: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +185,7 @@ def desired(view: HostView) -> DesiredState:
             ports=tuple(ports),
             fdb=fdb,
             neighbours=neighbours,
+            local=view.vxlan_local,
         )
     return DesiredState(
         prefix=prefix,

@@ -17,7 +17,7 @@ Order: deletions first (stale namespaces, then per overlay: entries, unknown lin
 names and VNIs are free before anything is created; then the sandboxes meshnet creates; then per overlay
 namespace, bridge, gateways, VXLAN device, ports and last the entries (after ``vxlan0`` is up: a link
 going down loses its neighbours). An object that has to be recreated (another kind; a VXLAN device whose
-VNI, port, learning, proxy or underlay differ; a veth paired elsewhere) takes its dependants along
+VNI, port, local, learning, proxy or underlay differ; a veth paired elsewhere) takes its dependants along
 (ops house rule 4), so those are planned anew rather than compared.
 
 ``scope`` restricts the plan to some namespaces (a partial reconcile after one join): pass the same
@@ -142,7 +142,14 @@ def _plan_overlay(
     # VXLAN device: created in the agent's namespace (underlay None) and living in the overlay namespace.
     vx = links.get(VXLAN)
     want_vx = AddVxlan(
-        netns=ns, name=VXLAN, vni=ov.vni, dstport=ov.dstport, learning=False, proxy=True, mtu=ov.mtu
+        netns=ns,
+        name=VXLAN,
+        vni=ov.vni,
+        dstport=ov.dstport,
+        local=ov.local,
+        learning=False,
+        proxy=True,
+        mtu=ov.mtu,
     )
     vx_fresh = not vxlan_matches(vx, want_vx)
     if vx_fresh or vx.mtu != ov.mtu:

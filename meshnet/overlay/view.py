@@ -16,6 +16,7 @@ Names (docs/agent-services.md section 3); every object carries the agent's ``net
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -91,7 +92,13 @@ class HostView:
 
     ``host`` is this node's name (an endpoint is local when ``record.host == host``); ``vtep`` this
     host's data-path address (records of another host that carry it are ignored, as libnetwork ignores
-    peer records with its own VTEP; None: no such check). ``underlay_mtu`` gives the overlay MTU of
+    peer records with its own VTEP; None: no such check). ``vxlan_local`` is the source address of this
+    host's VXLAN packets, the ``local`` of every ``vxlan0``: the data address when it is assigned to an
+    interface of the agent's namespace (libnetwork sets the data-path address as the VXLAN device's
+    local address), so multi-homed hosts and firewalls see VXLAN from the advertised VTEP; None lets
+    routing choose (a NATed advertise address, which no interface holds). It must be IPv4 (the overlay's
+    VXLAN is IPv4; ``ValueError`` otherwise). A change recreates every ``vxlan0`` (``local`` cannot
+    change in place), with its entries re-added in the same plan. ``underlay_mtu`` gives the overlay MTU of
     networks that do not set one (``underlay_mtu - 50``). ``networks`` may hold more networks than the
     host has local endpoints on (those get nothing); ``endpoints`` are the records of every network in
     ``networks`` (others are ignored).
@@ -101,9 +108,23 @@ class HostView:
     netns_prefix: str = "mn-"
     underlay_mtu: int = 1500
     vtep: str | None = None
+    vxlan_local: str | None = None
     networks: tuple[NetworkRecord, ...] = ()
     endpoints: tuple[EndpointRecord, ...] = ()
     sandboxes: tuple[LocalSandbox, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.vxlan_local is not None:
+            try:
+                ip = ipaddress.ip_address(self.vxlan_local)
+            except ValueError:
+                raise ValueError(f"vxlan_local {self.vxlan_local!r} is not an IP address") from None
+            if ip.version != 4 or ip.is_unspecified or ip.is_multicast:
+                raise ValueError(
+                    f"vxlan_local {self.vxlan_local!r} is not a unicast IPv4 address (the overlay's VXLAN is IPv4)"
+                )
+            if str(ip) != self.vxlan_local:
+                raise ValueError(f"vxlan_local {self.vxlan_local!r} is not in canonical form ({ip})")
 
     @classmethod
     def of(
@@ -113,6 +134,7 @@ class HostView:
         netns_prefix: str = "mn-",
         underlay_mtu: int = 1500,
         vtep: str | None = None,
+        vxlan_local: str | None = None,
         networks: Iterable[NetworkRecord] = (),
         endpoints: Iterable[EndpointRecord] = (),
         sandboxes: Iterable[LocalSandbox] = (),
@@ -123,6 +145,7 @@ class HostView:
             netns_prefix=netns_prefix,
             underlay_mtu=underlay_mtu,
             vtep=vtep,
+            vxlan_local=vxlan_local,
             networks=tuple(networks),
             endpoints=tuple(endpoints),
             sandboxes=tuple(sandboxes),

@@ -31,6 +31,11 @@ After a restart with adopted sandboxes the service is *settling* until it joined
 so no FDB or neighbour entry is removed; the local half of the overlay is described from the record copies
 in ``sandboxes.json`` (``Controller.load_state``). Adoption never disturbs working connectivity.
 
+*Data address.* ``vxlan_local(vtep)`` decides once at attach (and logs why) whether the data address is
+an address of the agent's namespace: then it is every ``vxlan0``'s ``local`` (``HostView.vxlan_local``),
+so VXLAN leaves from the advertised VTEP on a multi-homed host; otherwise (a NATed advertise address)
+``local`` stays unset and routing picks the source. A change recreates ``vxlan0`` with its entries.
+
 *NetworkDB networks.* ``AttachNetwork`` joins the network's NetworkDB network (and IPAM's attach) and
 waits up to ``sync_timeout`` for its sync. ``DetachNetwork`` leaves it only when IPAM says it no longer
 needs it (``ipam.needs_network(network)`` is False): IPAM keeps its block records in that network, and a
@@ -71,10 +76,10 @@ from meshnet.gossip import events as gev
 from meshnet.ipam import IpamError
 from meshnet.ipam.space import SubnetConfig
 from meshnet.networkdb import EntryCreated, EntryDeleted, EntryUpdated, NetworkSynced
-from meshnet.overlay import VXLAN, DesiredState, desired, is_managed_netns, plan
+from meshnet.overlay import VXLAN, DesiredState, HostView, desired, is_managed_netns, plan
 from meshnet.runtime.service import BaseService
 
-__all__ = ["CnmService", "SandboxRef", "InjectedFailure", "underlay_mtu"]
+__all__ = ["CnmService", "SandboxRef", "InjectedFailure", "underlay_mtu", "vxlan_local"]
 
 log = logging.getLogger("meshnet.cnm")
 
@@ -124,6 +129,46 @@ def underlay_mtu(addr: str, default: int = 1500) -> int:
                 mtu = fcntl.ioctl(s.fileno(), _SIOCGIFMTU, req)
                 return int(struct.unpack("16si12x", mtu)[1])
     return default
+
+
+def is_local_address(addr: str) -> bool:
+    """Whether IPv4 ``addr`` is an address of this namespace, as the kernel decides it for a VXLAN
+    device's source (an address of an interface, or in a ``local`` route such as 127.0.0.0/8).
+
+    A bind test (EADDRNOTAVAIL when not local), unless ``ip_nonlocal_bind`` is on here (then every bind
+    succeeds): then a connect test, which is exact for interface addresses (the route to a local
+    address has it as its source)."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as s:
+        try:
+            with open("/proc/sys/net/ipv4/ip_nonlocal_bind") as fh:
+                nonlocal_bind = fh.read().strip() != "0"
+        except OSError:
+            nonlocal_bind = False
+        try:
+            if not nonlocal_bind:
+                s.bind((addr, 0))
+                return True
+            s.connect((addr, 9))
+            return bool(s.getsockname()[0] == addr)
+        except OSError:
+            return False
+
+
+def vxlan_local(vtep: str) -> tuple[str | None, str]:
+    """The ``local`` (source address) of this host's VXLAN devices for data address ``vtep``, and why:
+    ``vtep`` itself when it is an IPv4 address of this namespace (libnetwork sets the data-path address
+    as the VXLAN device's local address), so multi-homed hosts and firewalls see VXLAN from the
+    advertised VTEP; None (routing picks the source) when no interface here holds it (a NATed
+    advertise address) or it is IPv6 (the overlay's VXLAN is IPv4)."""
+    ip = ipaddress.ip_address(vtep)
+    if ip.version != 4:
+        return None, f"data address {vtep} is IPv6 (the overlay's VXLAN is IPv4): vxlan0 has no local address"
+    if not is_local_address(str(ip)):
+        return None, (
+            f"data address {vtep} is not an address of this host (NATed?): vxlan0 has no local address, "
+            "routing picks the source of VXLAN packets"
+        )
+    return str(ip), f"vxlan0 sends VXLAN packets from the data address {vtep} (local {vtep})"
 
 
 def netns_path(netns: str) -> str:
@@ -216,6 +261,8 @@ class CnmService(BaseService):
         self.node: Any = None
         self.ctl: Controller | None = None
         self.vtep = ""
+        #: ``vxlan0``'s source address (``vxlan_local(vtep)``, decided at attach); None: routing picks it.
+        self.vxlan_local: str | None = None
         self.sandboxes_version = 0
         self._changed = trio.Event()
         self._listeners: list[Callable[[], None]] = []
@@ -259,6 +306,8 @@ class CnmService(BaseService):
         self.vtep = str(ipaddress.ip_address(self.data_addr or node.advertise_addr[0]))
         if self._underlay_mtu is None:
             self._underlay_mtu = underlay_mtu(self.vtep)
+        self.vxlan_local, why = vxlan_local(self.vtep)
+        log.info("%s", why)
         self.ctl = Controller(
             CnmConfig(
                 host=node.name, vtep=self.vtep, netns_prefix=self.prefix, underlay_mtu=self._underlay_mtu
@@ -591,6 +640,11 @@ class CnmService(BaseService):
                     wait = min(wait, end - now + 0.01)
         return wait
 
+    def _host_view(self) -> HostView:
+        """The controller's view with this host's ``vxlan_local``."""
+        assert self.ctl is not None
+        return dataclasses.replace(self.ctl.host_view(), vxlan_local=self.vxlan_local)
+
     async def _reconcile(
         self, *, networks: set[str] | None = None, scope: tuple[str, ...] | None = None
     ) -> int:
@@ -606,7 +660,7 @@ class CnmService(BaseService):
         applied = 0
         kicks: dict[tuple[str, str, str], str] = {}
         for attempt in range(RECONCILE_ATTEMPTS):
-            want = desired(self.ctl.host_view())
+            want = desired(self._host_view())
             if want.dropped != self._dropped:
                 for line in want.dropped:
                     log.warning("overlay: %s", line)

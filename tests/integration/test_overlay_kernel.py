@@ -5,12 +5,14 @@ touched); containers are sandboxes the agents create through their API. Checked:
 containers on two hosts, carried as VXLAN (UDP 4789) on the underlay; two networks isolated, also with
 one subnet; a removed container's entries gone from every other host; FDB and neighbour entries deleted
 by hand come back within one slow-timer period; a SIGKILLed and restarted agent leaves an open TCP
-connection working and reconciles.
+connection working and reconciles; vxlan0's ``local`` is the host's data address, so VXLAN leaves from it
+on a multi-homed host whose routing prefers another source.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -205,6 +207,69 @@ def test_tcp_and_icmp_between_hosts_ride_vxlan_on_the_underlay(cluster: Harness,
         server.wait()
     # h3 has no container on n1: no overlay namespace there.
     assert f"{PREFIX}h3-ov-{vni(h, 'n1')}" not in os.listdir("/run/netns")
+
+
+def vxlan_local(netns: str) -> str | None:
+    """The ``local`` of vxlan0 in ``netns`` (``ip -d link show``), None when it has none."""
+    parts = sh("ip", "-n", netns, "-d", "link", "show", "vxlan0").stdout.split()
+    return parts[parts.index("local") + 1] if "local" in parts else None
+
+
+def vxlan_sources(h: Harness, action: Callable[[], object]) -> set[str]:
+    """Source addresses of the VXLAN packets tcpdump sees on the underlay bridge while ``action`` runs."""
+    argv = ["ip", "netns", "exec", h.underlay, "tcpdump", "-l", "-n", "-i", "br-under", "-c", "4"]
+    dump = subprocess.Popen(
+        [*argv, "udp port 4789"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(1.0)  # tcpdump attaches
+        action()
+        out, _ = dump.communicate(timeout=15)
+    finally:
+        if dump.poll() is None:
+            dump.kill()
+            dump.wait()
+    # "IP 10.77.0.11.41234 > 10.77.0.12.4789: VXLAN ..."
+    return set(re.findall(r"IP (\d+\.\d+\.\d+\.\d+)\.\d+ > ", out))
+
+
+def test_vxlan_leaves_from_the_data_address_on_a_multi_homed_host(cluster: Harness):
+    h = cluster
+    ensure_c1_c2(h)
+    c2 = h.container_record("c2")
+    n1 = vni(h, "n1")
+    assert vxlan_local(overlay_ns("h1", n1)) == "10.77.0.11"
+    assert vxlan_local(overlay_ns("h2", n1)) == "10.77.0.12"
+    wait_until(lambda: ping(h, "c1", c2["ip"]), SPREAD, "c1 to ping c2")
+    # h1 gets a second underlay address that routing prefers as the source: without local, VXLAN
+    # would leave h1 as 10.77.0.111; with it, it still leaves from the data address 10.77.0.11.
+    ns = h.host_netns("h1")
+    sh("ip", "-n", ns, "addr", "add", "10.77.0.111/24", "dev", "eth0")
+    try:
+        sh("ip", "-n", ns, "route", "replace", "10.77.0.0/24", "dev", "eth0", "src", "10.77.0.111")
+        route = sh("ip", "-n", ns, "route", "get", "10.77.0.12").stdout
+        assert "src 10.77.0.111" in route, route
+        sources = vxlan_sources(h, lambda: ping(h, "c1", c2["ip"], count=3))
+        assert "10.77.0.11" in sources and "10.77.0.111" not in sources, sources
+        assert ping(h, "c1", c2["ip"])
+    finally:
+        sh(
+            "ip",
+            "-n",
+            ns,
+            "route",
+            "replace",
+            "10.77.0.0/24",
+            "dev",
+            "eth0",
+            "proto",
+            "kernel",
+            "scope",
+            "link",
+            "src",
+            "10.77.0.11",
+        )
+        sh("ip", "-n", ns, "addr", "del", "10.77.0.111/24", "dev", "eth0", check=False)
 
 
 def test_two_networks_are_isolated_even_with_the_same_subnet(cluster: Harness):

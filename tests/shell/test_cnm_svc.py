@@ -15,7 +15,7 @@ import trio
 from meshnet.dataplane import MemoryDataplane
 from meshnet.ipam.config import fast as ipam_fast
 from meshnet.runtime import Node
-from meshnet.runtime.cnm_svc import CnmService
+from meshnet.runtime.cnm_svc import CnmService, vxlan_local
 from meshnet.runtime.db import DbSettings
 from meshnet.runtime.ipam_svc import IpamService
 from tests.shell.ndb_helpers import FAST, NDB, api_request
@@ -165,6 +165,8 @@ async def test_network_on_a_containers_on_b_and_c_program_each_other(tmp_path):
         )
         assert {x.cidr for x in snap.get("h2-sb-c1").addresses} == {ep_b["ipv4"] + "/24"}
         assert snap.link(ov_b, "vxlan0").vni == vni
+        # b's data address 127.0.8.72 is local (127.0.0.0/8 on lo): VXLAN leaves from it.
+        assert b.cnm.vxlan_local == "127.0.8.72" and snap.link(ov_b, "vxlan0").local == "127.0.8.72"
         # Every host lists both endpoints; c's inspect of the network shows them with hosts.
         status, body = await c.call("GET", "/v1/networks/web")
         assert status == 200 and {(e["name"], e["host"]) for e in body["endpoints"]} == {
@@ -511,3 +513,12 @@ async def test_a_custom_gateway_is_kept_and_never_allocated(tmp_path):
             ov
         )
         nursery.cancel_scope.cancel()
+
+
+def test_the_data_address_is_vxlan_local_only_when_it_is_an_address_of_this_host():
+    assert vxlan_local("127.0.8.72")[0] == "127.0.8.72"
+    # A NATed advertise address (TEST-NET-1, on no interface here): no local, and the reason says so.
+    local, why = vxlan_local("192.0.2.77")
+    assert local is None and "not an address of this host" in why
+    local, why = vxlan_local("fd00::77")
+    assert local is None and "IPv6" in why
