@@ -45,6 +45,7 @@ CPU: read the figures with the machine's load in mind (printed at the start).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import queue
@@ -314,6 +315,7 @@ def measure_latency(
         body = a.call("GET", f"/v1/db/{NETWORK}/{TABLE}?hidden=true", timeout=120)
         views.append({e["key"]: e for e in body["entries"]})
     latencies: list[float] = []
+    slow: list[tuple[float, str, int, int]] = []  # pairs over 5 s: (latency, key, writer, reader)
     lost = hidden = 0
     for key, w in written.items():
         origin = views[w].get(key)
@@ -329,12 +331,25 @@ def measure_latency(
                 continue
             hidden += bool(e.get("hidden"))
             latencies.append(e["seen_at"] - origin["seen_at"])
+            if latencies[-1] > 5.0:
+                slow.append((latencies[-1], key, w, r))
     figs.pairs = len(written) * (len(agents) - 1)
     figs.lost = lost
     figs.hidden_at_read = hidden
     figs.latency_p50_s = round(pct(latencies, 0.5), 3)
     figs.latency_p99_s = round(pct(latencies, 0.99), 3)
     figs.latency_max_s = round(max(latencies), 3) if latencies else float("nan")
+    if slow:
+        # Which pairs make the tail: a writer hidden by its peers shows as one writer x many readers,
+        # a reader that missed gossip until a bulk sync as one reader x many writers.
+        by_w = collections.Counter(w + 1 for _, _, w, _ in slow)
+        by_r = collections.Counter(r + 1 for _, _, _, r in slow)
+        worst = sorted(slow, reverse=True)[:3]
+        figs.notes.append(
+            f"{len(slow)} pairs over 5 s; by writer agent {dict(by_w.most_common(5))}, by reader agent "
+            f"{dict(by_r.most_common(5))}; worst "
+            + ", ".join(f"{k} a{w + 1}->a{r + 1} {lat:.1f}s" for lat, k, w, r in worst)
+        )
 
 
 # -------------------------------------------------------------------------------------------- join
@@ -478,6 +493,7 @@ def run_real(args: argparse.Namespace) -> Figures:
         before = sent_bytes(agents)
         pids = [a.pid for a in agents]
         cpu0, own0, load0 = cpu_seconds(pids), own_cpu_seconds(), os.getloadavg()[0]
+        drops0 = udp_rcvbuf_errors()
         t = time.monotonic()
         written = run_writes(args, agents, figs)
         window = time.monotonic() - t
@@ -490,7 +506,11 @@ def run_real(args: argparse.Namespace) -> Figures:
         per_node = [(b - a) / window for a, b in zip(before, after)]
         figs.write_bytes_per_s_per_node = round(statistics.mean(per_node), 1)
         figs.write_bytes_per_s_per_node_max = round(max(per_node), 1)
+        drops = udp_rcvbuf_errors() - drops0
         measure_latency(args, agents, written, figs, procs)
+        # Datagrams the kernel dropped because a receiver's socket buffer was full (whole host's
+        # namespace: other jobs' UDP counts too): a starved agent loses gossip, a bulk sync repairs it.
+        figs.notes.append(f"UDP receive-buffer drops in the write window (host-wide): {drops}")
         figs.bench_queue_max = max(
             a.call("GET", f"/v1/db/stats?network={NETWORK}")["queue"]["max_len_seen"] for a in agents
         )
@@ -507,6 +527,14 @@ def run_real(args: argparse.Namespace) -> Figures:
             print(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def udp_rcvbuf_errors() -> int:
+    """``Udp: RcvbufErrors`` of this network namespace (``/proc/net/snmp``)."""
+    rows = [
+        line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")
+    ]
+    return int(rows[1][rows[0].index("RcvbufErrors")])
 
 
 def stop(procs: Processes) -> None:
