@@ -20,79 +20,28 @@ its ``run`` nursery, never in a hook:
   waiting operation; the timer is re-armed to ``next_deadline``.
 - *Persister.* The write-ahead order is the safety argument (ipam.md 3.6): the core gates every output
   behind the ``Persist`` that justifies it, and the persister calls ``persisted(seq)`` only after the
-  records are appended to ``STATE_DIR/ipam/ipam.log`` durably (``O_DSYNC``; several persists share
-  one write when they queue up: group commit). A failed write is retried and never acknowledged, so nothing that
-  depends on it leaves the host.
+  records are appended to ``STATE_DIR/ipam/ipam.log`` durably (``IpamStore.append`` in a worker thread;
+  several persists share one write when they queue up: group commit). A failed write is retried and
+  never acknowledged, so nothing that depends on it leaves the host.
 - *Timer.* One task sleeps until ``next_deadline`` and calls ``handle_timer``.
 
-Direct messages: the core treats them as one-way datagrams with its own retries and matching, so its
-``SendMessage``s become ``NetworkDB.request``s to the destination identity's host that are never
-answered: the messages of one pump for one identity go in one request (``FRAME_PREFIX``, the sender's
-and the destination's identity names, then length-prefixed payloads, split below ``max_request_bytes``;
-over TCP above ``RELIABLE_ABOVE`` bytes). The receiver drops (and counts) a request for another identity
-(``misaddressed_messages``: an earlier identity of its host, gone) or whose sender identity is not of the
-sending host (``foreign_messages``), and feeds each payload to its core as from the sender identity;
-the answer is a request of its own. The requester's ``RequestTimedOut`` is ignored. The prefix keeps
-IPAM payloads apart from other services' requests on the same NetworkDB.
+Direct messages: the core's ``SendMessage``s become never-answered ``NetworkDB.request``s to the
+destination identity's host, one per pump and identity (framing, checks and counters in
+``meshnet/runtime/ipam_wire.py``).
 
-Identities (ipam.md 3.10). The IPAM identity is one agent life, not the host: its name is
-``HOST~xxxxxxxx`` (``HOST`` = the gossip name ``--name``, ``x`` = the low 32 bits of the random
-incarnation in hex) and its ``host`` is the gossip name. A state directory resumes the identity, its
-beliefs and allocations at once (``Ipam.restore``). ``leave`` (the agent's graceful leave: SIGTERM,
-``meshnetctl leave``) is the core's: blocks go to heirs and the identity is retired; a restart with that
-state directory keeps the retired state aside (``ipam.retired-N``) and starts a new identity of the same
-host; so does a restart with an empty directory. The boundary translates:
+Identities (ipam.md 3.10): the IPAM identity is one agent life (``HOST~xxxxxxxx``), not the host; how
+the boundary translates records, verdicts and predecessors between hosts and identities is in
+``meshnet/runtime/ipam_identity.py``.
 
-- *Who runs where.* Each agent writes ``ipam.identity`` (scope ``""``, key = its host, value = its
-  identity name); NetworkDB's owner authority makes a restarted host's value beat its previous life's.
-  ``ipam.node`` records (accepted only when their ``host`` is the NetworkDB owner) and the writers of
-  accepted records add identities of a host; a name's own ``HOST~`` prefix stands in until then.
-- *Records.* NetworkDB names the writing host; an ``ipam.*`` key names the writing identity. A record
-  reaches the core (with ``owner`` = that identity) only if the identity is of that host; else it is
-  counted (``foreign_records``) and dropped.
-- *Verdicts.* A host's current identity shares the host's gossip verdict; its other identities are
-  superseded and told ``left`` (the host runs a newer identity, so they are gone: the core's
-  ``_superseded`` and retired-owner reclaim rely on them not being alive). Before the host announced
-  its identity, the only one known of it (or a legacy identity named as its host) counts as current;
-  with several, a live host's identities are told ``failed``.
-- *Predecessors.* After a restart without the state directory NetworkDB deletes this host's previous
-  entries, its identities' ``ipam.node`` records included, so the core would never learn (and adopt)
-  them. Every name of this host's form met in a record (writer, grant target, reclaimer, origin of a
-  copy, retired subject, the previous ``ipam.identity`` value) is therefore handed to the core as a node
-  record of this host; the core then retires it and takes its blocks back (predecessor adoption; the
-  peers using a network reclaim its blocks there).
-- *Operator.* ``reclaim`` takes a host (its identities that are not running: all if the host is not
-  alive, else the superseded ones) or an exact identity; listings and allocation answers give
-  ``owner`` as the host and ``owner_identity``; error messages name hosts in their reclaim commands.
+The founder of the cluster (no ``--join`` and no IPAM history) believes the VNI and pool spaces. The
+global tables count as synced for the core when the node founded the cluster, or
+``global_sync_timeout`` seconds after its first peer appeared (NetworkDB reports a sync only for joins
+made while peers are known).
 
-The founder of the cluster
-(no ``--join`` and no IPAM history) believes the VNI and pool spaces. The global tables count as synced
-for the core when the node founded the cluster, or ``global_sync_timeout`` seconds after its first peer
-appeared (NetworkDB reports a sync only for joins made while peers are known).
+State files (``STATE_DIR/ipam/``, format 1: snapshot + append-only log, the directory the agent's,
+mode 0700, locked by the agent): ``meshnet/runtime/ipam_store.py``.
 
-State files (``STATE_DIR/ipam/``, format 1): ``ipam.snap`` (pickle of the whole durable record map,
-replaced atomically) and ``ipam.log`` (frames ``u32 length, u32 crc32, pickle of one Persist's
-records``, appended through an ``O_DSYNC`` descriptor: durable when the write returns). A torn or
-corrupt last frame (a crash during an append) is ignored;
-damage elsewhere refuses the start. The directory is the agent's (mode 0700, locked by the agent).
-
-API (``/v1/ipam``, JSON; errors ``{code, message}`` as ``ipam_api_error`` maps them):
-
-    GET  /v1/ipam[?network=NET]            {node (host), identity, blocks: [{network, space, block,
-                                           first, last, owner (host), owner_identity, epoch, state,
-                                           free, owner_state}]}; NET ``-``: the global spaces (vni,
-                                           pool); without it: every space known here
-    POST /v1/ipam/reclaim {node: NAME | [NAME...], force?: bool}     NAME: a host or an identity
-                                           {targets (identities), hosts, blocks, abandoned, force}
-                                           once the reclaim ended
-    GET  /v1/ipam/networks/NET             the network's IPAM config (subnets, gateway, VNI, creator)
-    For tests and benchmarks (CnmService calls the methods below instead):
-    POST /v1/ipam/networks {id, subnets?: [CIDR], ipv6?}        201 config (a pool subnet if none given)
-    POST /v1/ipam/attach {network}                              join and attach a network created elsewhere
-    POST /v1/ipam/allocate {network, tag, preferred?, ipv6?}    {network, address, tag, owner (host),
-                                                                 owner_identity}
-    POST /v1/ipam/release {network, address, tag}               {released: bool}
-    POST /v1/ipam/latency/reset                                 forget ``stats()["latency_ms"]``
+API (``/v1/ipam``, JSON): the routes and their answers are listed in ``meshnet/runtime/ipam_api.py``.
 
 The operations used by ``CnmService`` (docs/agent-services.md section 1) raise the core's ``IpamError``
 subclasses within the core's budget, or ``LocalProtocolError`` for bad input (nothing changed).
@@ -104,24 +53,17 @@ yet (addresses are released per endpoint; the blocks and the VNI stay owned).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import os
-import pickle
 import random
-import re
-import struct
-import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import trio
 
-from meshnet.core.errors import ApiError, ConfigError, DecodeError, LocalProtocolError
+from meshnet.core.errors import ApiError, ConfigError, LocalProtocolError
 from meshnet.gossip import events as gev
 from meshnet.ipam import (
     TABLE_BLOCK,
@@ -130,9 +72,6 @@ from meshnet.ipam import (
     TABLE_RETIRED,
     Alarm,
     Allocated,
-    Conflict,
-    Exhausted,
-    InUse,
     Ipam,
     IpamConfig,
     IpamError,
@@ -142,18 +81,8 @@ from meshnet.ipam import (
     OperationFailed,
     Persist,
     Reclaimed,
-    ReclaimRefused,
     SubnetConfig,
     Unknown,
-    Unreachable,
-)
-from meshnet.ipam.records import (
-    NodeRecord,
-    decode_block,
-    decode_node,
-    encode_node,
-    parse_block_key,
-    parse_writer_key,
 )
 from meshnet.ipam.state import Identity
 from meshnet.networkdb import (
@@ -162,6 +91,17 @@ from meshnet.networkdb import (
     EntryUpdated,
     NetworkSynced,
     RequestReceived,
+)
+from meshnet.runtime.ipam_api import handle_ipam_api, ipam_api_error, netcfg_json
+from meshnet.runtime.ipam_identity import IdentityBoundary
+from meshnet.runtime.ipam_store import IpamStore
+from meshnet.runtime.ipam_wire import (
+    BATCH_MARGIN,
+    FRAME_PREFIX,
+    RELIABLE_ABOVE,
+    decode_request,
+    encode_requests,
+    identity_host,
 )
 from meshnet.runtime.service import BaseService
 
@@ -179,291 +119,17 @@ __all__ = [
 
 log = logging.getLogger("meshnet.ipam")
 
-#: Marks a NetworkDB request payload as IPAM messages between two identities (``encode_requests``).
-#: (``ipam\x00``/``ipam\x01``, the framings without identity names, are no longer accepted.)
-FRAME_PREFIX = b"ipam\x02"
 #: The table of the service's own records: key = host (gossip name), value = that host's current IPAM
 #: identity name (UTF-8), written by the host itself (NetworkDB's owner authority makes a restarted
 #: host's value win over its previous life's).
 TABLE_IDENTITY = "ipam.identity"
-#: A batch request stays below NetworkDB's max_request_bytes (64 KiB by default) by this margin.
-BATCH_MARGIN = 1024
-#: IPAM messages longer than this go over TCP (a UDP datagram carries about 1,400 bytes).
-RELIABLE_ABOVE = 1000
 #: Tables the service watches (hidden entries included).
 TABLES = (TABLE_BLOCK, TABLE_NETCFG, TABLE_RETIRED, TABLE_NODE)
-#: Compact the log when it holds more frames than this (and more than the snapshot's records).
-COMPACT_MIN_FRAMES = 2048
 PERSIST_RETRY_INTERVAL = 1.0
-STORE_FORMAT = 1
-_FRAME = struct.Struct(">II")
-_LEN = struct.Struct(">I")
-_NAME_LEN = struct.Struct(">H")
-#: The suffix of an identity name (``HOST~`` + 8 hex digits of the incarnation).
-_SUFFIX = re.compile(r"[0-9a-f]{8}")
 #: Operation durations kept per kind for ``stats()`` (the benchmark reads them).
 LATENCY_SAMPLES = 4096
 #: Slack over the core's own budget before an operation's wait gives up (the core never hangs).
 _OP_SLACK = 5.0
-
-
-# ---------------------------------------------------------------------- errors
-
-
-def ipam_api_error(err: Exception) -> ApiError:
-    """The HTTP error of an IPAM failure (docs/agent-services.md section 1)."""
-    if isinstance(err, ApiError):
-        return err
-    if isinstance(err, Exhausted):
-        return ApiError(507, "exhausted", err.message)
-    if isinstance(err, Unreachable):
-        return ApiError(503, "unreachable", err.message)
-    if isinstance(err, Unknown):
-        return ApiError(503, "unknown", err.message)
-    if isinstance(err, InUse):
-        return ApiError(409, "in_use", err.message)
-    if isinstance(err, Conflict):
-        return ApiError(409, "conflict", err.message)
-    if isinstance(err, ReclaimRefused):
-        return ApiError(409, "reclaim_refused", err.message)
-    if isinstance(err, IpamError):
-        return ApiError(409, err.code, err.message)
-    if isinstance(err, LocalProtocolError | ValueError):
-        return ApiError(400, "invalid", str(err))
-    return ApiError(500, "internal", f"{type(err).__name__}: {err}")
-
-
-# ---------------------------------------------------------------------- message framing
-
-
-def encode_requests(payloads: Sequence[bytes], max_bytes: int, *, src: str, dst: str) -> list[bytes]:
-    """The NetworkDB request payloads carrying ``payloads`` (IPAM messages from identity ``src`` for
-    identity ``dst``, in order): ``FRAME_PREFIX``, the two names (u16 length + UTF-8 each), then the
-    messages as frames (u32 length + payload), each request at most ``max_bytes`` long. A message too
-    large even alone is returned alone (NetworkDB refuses it; the caller counts it)."""
-    head = FRAME_PREFIX + b"".join(_NAME_LEN.pack(len(b)) + b for b in (src.encode(), dst.encode()))
-    out: list[bytes] = []
-    group: list[bytes] = []
-    size = len(head)
-    for p in payloads:
-        need = _LEN.size + len(p)
-        if group and size + need > max_bytes:
-            out.append(head + b"".join(group))
-            group, size = [], len(head)
-        group.append(_LEN.pack(len(p)) + p)
-        size += need
-    if group:
-        out.append(head + b"".join(group))
-    return out
-
-
-def decode_request(data: bytes) -> tuple[str, str, list[bytes]] | None:
-    """(sender identity, destination identity, IPAM messages) of a NetworkDB request payload; None if it
-    is not IPAM's or is malformed."""
-    if not data.startswith(FRAME_PREFIX):
-        return None
-    pos = len(FRAME_PREFIX)
-    names = []
-    for _ in range(2):
-        if pos + _NAME_LEN.size > len(data):
-            return None
-        (n,) = _NAME_LEN.unpack_from(data, pos)
-        pos += _NAME_LEN.size
-        if n == 0 or pos + n > len(data):
-            return None
-        try:
-            names.append(data[pos : pos + n].decode())
-        except UnicodeDecodeError:
-            return None
-        pos += n
-    out = []
-    while pos < len(data):
-        if pos + _LEN.size > len(data):
-            return None
-        (n,) = _LEN.unpack_from(data, pos)
-        pos += _LEN.size
-        if n == 0 or pos + n > len(data):
-            return None
-        out.append(data[pos : pos + n])
-        pos += n
-    return (names[0], names[1], out) if out else None
-
-
-def identity_host(name: str) -> str:
-    """The host (gossip name) an IPAM identity name spells: ``HOST~xxxxxxxx`` -> ``HOST``; any other
-    name (an identity made before names carried a suffix) is its own host."""
-    base, sep, suffix = name.rpartition("~")
-    return base if sep and base and _SUFFIX.fullmatch(suffix) else name
-
-
-# ---------------------------------------------------------------------- state files
-
-
-def _fsync_dir(path: str) -> None:
-    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-class IpamStore:
-    """``STATE_DIR/ipam``: the durable record map (snapshot + append-only log). Not thread-safe: one
-    caller at a time (the persister). ``records`` mirrors what is on disk."""
-
-    SNAP = "ipam.snap"
-    LOG = "ipam.log"
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.records: dict[tuple[Any, ...], Any] = {}
-        self.log_frames = 0
-        self._log_fd: int | None = None
-
-    def load(self) -> dict[tuple[Any, ...], Any]:
-        """Read the directory (created if missing); raises ConfigError naming the damaged file."""
-        try:
-            os.makedirs(self.path, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create {self.path}: {exc.strerror}; check --state-dir") from None
-        snap = os.path.join(self.path, self.SNAP)
-        records: dict[tuple[Any, ...], Any] = {}
-        try:
-            with open(snap, "rb") as fh:
-                raw = fh.read()
-        except FileNotFoundError:
-            raw = None
-        except OSError as exc:
-            raise ConfigError(f"cannot read {snap}: {exc.strerror}") from None
-        if raw is not None:
-            try:
-                fmt, items = pickle.loads(raw)
-                if fmt != STORE_FORMAT:
-                    raise ValueError(f"unknown format {fmt!r}")
-                records = dict(items)
-            except Exception as exc:
-                raise ConfigError(
-                    f"{snap} is damaged ({exc}); restore it, or start with an empty --state-dir "
-                    "(this node then takes a new IPAM identity)"
-                ) from None
-        logp = os.path.join(self.path, self.LOG)
-        try:
-            with open(logp, "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
-            data = b""
-        except OSError as exc:
-            raise ConfigError(f"cannot read {logp}: {exc.strerror}") from None
-        pos = frames = 0
-        while pos < len(data):
-            if pos + _FRAME.size > len(data):
-                break  # torn header
-            length, crc = _FRAME.unpack_from(data, pos)
-            body = data[pos + _FRAME.size : pos + _FRAME.size + length]
-            if len(body) < length or zlib.crc32(body) != crc:
-                if pos + _FRAME.size + length >= len(data):
-                    break  # a torn or corrupt last frame: a crash during the append
-                raise ConfigError(f"{logp} is damaged at byte {pos}; restore it or empty --state-dir")
-            try:
-                items = pickle.loads(body)
-            except Exception as exc:
-                raise ConfigError(f"{logp} frame at byte {pos} is damaged ({exc})") from None
-            for key, value in items:
-                if value is None:
-                    records.pop(key, None)
-                else:
-                    records[key] = value
-            frames += 1
-            pos += _FRAME.size + length
-        if pos < len(data):
-            log.warning("ignoring a torn last frame in %s (%d bytes)", logp, len(data) - pos)
-            with open(logp, "r+b") as fh:
-                fh.truncate(pos)
-                os.fsync(fh.fileno())
-        self.records = records
-        self.log_frames = frames
-        return dict(records)
-
-    @staticmethod
-    def encode(batch: Sequence[Persist]) -> bytes:
-        """The log frames of the persists. The persister encodes in the trio thread, so the writer
-        thread needs the interpreter lock only to start, after its one ``write`` and to return."""
-        parts = []
-        for p in batch:
-            body = pickle.dumps(p.records, protocol=pickle.HIGHEST_PROTOCOL)
-            parts.append(_FRAME.pack(len(body), zlib.crc32(body)) + body)
-        return b"".join(parts)
-
-    def append(self, batch: Sequence[Persist], data: bytes | None = None) -> None:
-        """Append the persists as frames (``data``: their ``encode``, if done already), durably, before
-        returning (raises OSError). Updates ``records`` only after.
-
-        The log is opened ``O_DSYNC``: a ``write`` returns only once its data, and the file size that
-        makes it readable, are on stable storage (the ``fdatasync`` guarantee), in one system call
-        instead of a write and an fsync. A new log's directory entry is made durable when the log is
-        created (after a compaction removed the previous one)."""
-        if data is None:
-            data = self.encode(batch)
-        if self._log_fd is None:
-            self._log_fd = os.open(
-                os.path.join(self.path, self.LOG),
-                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_DSYNC,
-                0o600,
-            )
-            _fsync_dir(self.path)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._log_fd, view) :]
-        self.log_frames += len(batch)
-        for p in batch:
-            for key, value in p.records:
-                if value is None:
-                    self.records.pop(key, None)
-                else:
-                    self.records[key] = value
-
-    def wants_compaction(self) -> bool:
-        return self.log_frames > max(COMPACT_MIN_FRAMES, len(self.records))
-
-    def compact(self) -> None:
-        """Write ``records`` as the snapshot (atomically), then empty the log (raises OSError)."""
-        data = pickle.dumps((STORE_FORMAT, list(self.records.items())), protocol=pickle.HIGHEST_PROTOCOL)
-        final = os.path.join(self.path, self.SNAP)
-        tmp = final + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        if self._log_fd is not None:
-            os.close(self._log_fd)
-            self._log_fd = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.path, self.LOG))
-        _fsync_dir(self.path)
-        self.log_frames = 0
-
-    def move_aside(self) -> str:
-        """Rename the directory to ``ipam.retired-N`` and start an empty one; returns the new name."""
-        self.close()
-        n = 1
-        while os.path.exists(f"{self.path}.retired-{n}"):
-            n += 1
-        aside = f"{self.path}.retired-{n}"
-        os.rename(self.path, aside)
-        os.makedirs(self.path, mode=0o700)
-        self.records = {}
-        self.log_frames = 0
-        return aside
-
-    def close(self) -> None:
-        if self._log_fd is not None:
-            os.close(self._log_fd)
-            self._log_fd = None
 
 
 # ---------------------------------------------------------------------- helpers
@@ -479,36 +145,6 @@ class _Pending:
         self.event: Any = None
 
 
-def netcfg_json(c: NetConfig) -> dict[str, Any]:
-    return {
-        "network": c.network,
-        "subnets": [
-            {"subnet": s.subnet, "ip_range": s.ip_range, "gateway": s.gateway, "aux": list(s.aux)}
-            for s in c.subnets
-        ],
-        "vni": c.vni,
-        "creator": c.creator,
-        "cluster_id": c.cluster_id,
-        "pool_subnet": c.pool_subnet,
-    }
-
-
-def _block_json(b: Any, host_of: Callable[[str], str] = identity_host) -> dict[str, Any]:
-    return {
-        "network": b.network,
-        "space": b.space,
-        "block": b.block,
-        "first": b.first,
-        "last": b.last,
-        "owner": host_of(b.owner) if b.owner else "",
-        "owner_identity": b.owner,
-        "epoch": b.epoch,
-        "state": b.state,
-        "free": b.free,
-        "owner_state": b.owner_state,
-    }
-
-
 def _percentiles(samples: list[float]) -> dict[str, float]:
     """n, p50, p99 and max of durations in seconds, as milliseconds."""
     if not samples:
@@ -521,33 +157,10 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     return {"n": len(ms), "p50": q(0.5), "p99": q(0.99), "max": round(ms[-1], 3)}
 
 
-def _body(request: Any) -> dict[str, Any]:
-    if not request.body:
-        return {}
-    try:
-        obj = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "bad_request", "body must be a JSON object") from None
-    if not isinstance(obj, dict):
-        raise ApiError(400, "bad_request", "body must be a JSON object")
-    return obj
-
-
-def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True) -> Any:
-    if name not in body or body[name] is None:
-        if required:
-            raise ApiError(400, "bad_request", f"body needs {name!r}")
-        return None
-    value = body[name]
-    if not isinstance(value, kind) or (kind is str and not value):
-        raise ApiError(400, "bad_request", f"{name!r} has the wrong type or is empty")
-    return value
-
-
 # ---------------------------------------------------------------------- the service
 
 
-class IpamService(BaseService):
+class IpamService(IdentityBoundary, BaseService):
     """Manager-free IPAM in the agent (see the module docstring)."""
 
     name = "ipam"
@@ -896,281 +509,8 @@ class IpamService(BaseService):
     # ------------------------------------------------------------------ API
 
     async def handle_api(self, node: Any, request: Any) -> Any:
-        from meshnet.runtime.api import Response
-
-        self._require()
-        path, method = request.path.rstrip("/") or "/", request.method
-        try:
-            if path == "/v1/ipam":
-                if method != "GET":
-                    raise ApiError(405, "method_not_allowed", "/v1/ipam accepts GET")
-                query = {k: v[-1] for k, v in parse_qs(urlsplit(request.target).query).items()}
-                network = query.get("network")
-                if network == "-":
-                    network = ""  # the global spaces (vni, pool), as meshnetctl spells them
-                known = self.core.global_config() if network == "" else self.core.netcfg(network or "")
-                if network is not None and known is None:
-                    raise ApiError(404, "not_found", f"network {network or '-'} is not known here (yet)")
-                rows = [_block_json(b, self.host_of) for b in self.core.listing(network)]
-                return Response(200, {"node": self.node.name, "identity": self.core.name, "blocks": rows})
-            if method != "POST" and path != "/v1/ipam/networks" and not path.startswith("/v1/ipam/networks/"):
-                raise ApiError(405, "method_not_allowed", f"{path} accepts POST")
-            if path == "/v1/ipam/reclaim":
-                body = _body(request)
-                raw = _field(body, "node", (str, list))
-                nodes = [raw] if isinstance(raw, str) else raw
-                if not nodes or not all(isinstance(n, str) and n for n in nodes):
-                    raise ApiError(400, "bad_request", "'node' must be a name or a list of names")
-                force = bool(_field(body, "force", bool, required=False))
-                ev = await self.reclaim(nodes, force=force)
-                return Response(
-                    200,
-                    {
-                        "targets": list(ev.targets),
-                        "hosts": sorted({self.host_of(t) for t in ev.targets}),
-                        "blocks": ev.blocks,
-                        "abandoned": ev.abandoned,
-                        "force": force,
-                    },
-                )
-            if path == "/v1/ipam/allocate":
-                body = _body(request)
-                ev = await self.allocate_event(
-                    _field(body, "network", str),
-                    tag=_field(body, "tag", str),
-                    preferred=_field(body, "preferred", str, required=False),
-                    ipv6=bool(_field(body, "ipv6", bool, required=False)),
-                )
-                return Response(
-                    200,
-                    {
-                        "network": ev.network,
-                        "address": ev.value,
-                        "tag": ev.tag,
-                        "owner": self.host_of(ev.owner),
-                        "owner_identity": ev.owner,
-                    },
-                )
-            if path == "/v1/ipam/release":
-                body = _body(request)
-                network, address, tag = (
-                    _field(body, "network", str),
-                    _field(body, "address", str),
-                    _field(body, "tag", str),
-                )
-                self._require()
-                held = self._step(lambda now: self.core.release(network, address, tag=tag, now=now))
-                return Response(200, {"released": bool(held)})
-            if path == "/v1/ipam/latency/reset":
-                self.reset_latency()
-                return Response(200, {"reset": True})
-            if path == "/v1/ipam/attach":
-                body = _body(request)
-                network = _field(body, "network", str)
-                await self.attach_network(network)
-                c = self.core.netcfg(network)
-                return Response(200, {"network": network, "netcfg": netcfg_json(c) if c else None})
-            if path == "/v1/ipam/networks" and method == "POST":
-                body = _body(request)
-                subnets = _field(body, "subnets", list, required=False) or []
-                if not all(isinstance(s, str) for s in subnets):
-                    raise ApiError(400, "bad_request", "'subnets' must be a list of CIDR strings")
-                c = await self.create_network(
-                    _field(body, "id", str),
-                    subnets=subnets,
-                    ipv6=bool(_field(body, "ipv6", bool, required=False)),
-                )
-                return Response(201, netcfg_json(c))
-            if path.startswith("/v1/ipam/networks/") and method == "GET":
-                network = path[len("/v1/ipam/networks/") :]
-                c = self.core.netcfg(network)
-                if c is None:
-                    raise ApiError(404, "not_found", f"network {network} is not known here")
-                return Response(200, netcfg_json(c))
-            raise ApiError(404, "not_found", f"no such endpoint {method} {path}")
-        except (IpamError, LocalProtocolError) as exc:
-            raise ipam_api_error(exc) from None
-
-    # ------------------------------------------------------------------ identities at the boundary
-
-    def host_of(self, ident: str) -> str:
-        """The host (gossip name) of an IPAM identity: its verified node record's, else its name's."""
-        return self._host_by_ident.get(ident) or identity_host(ident)
-
-    def _learn(self, ident: str, host: str) -> bool:
-        """Record that ``ident`` is an identity of ``host``; True if that is news."""
-        old = self._host_by_ident.get(ident)
-        if old == host:
-            return False
-        if old is not None:
-            self._idents.get(old, set()).discard(ident)
-        self._host_by_ident[ident] = host
-        self._idents.setdefault(host, set()).add(ident)
-        return True
-
-    def _on_record(self, e: Any, now: float) -> None:
-        """An ``ipam.*`` entry: NetworkDB names its writer host (``e.owner``), the key its writer identity.
-        Passed to the core only if that identity is the host's (node record, else the name); the core
-        then checks the key against the identity as ``owner``."""
-        core = self.core
-        assert core is not None
-        try:
-            if e.table == TABLE_NODE:
-                writer = e.key
-            elif e.table == TABLE_BLOCK:
-                writer = parse_block_key(e.key)[2]
-            else:
-                writer = parse_writer_key(e.key)[1]
-        except DecodeError:
-            core.handle_record(e.table, e.network, e.key, e.value, now=now)  # counted by the core
-            return
-        if e.table == TABLE_NODE:
-            try:
-                host = decode_node(e.value).host
-            except DecodeError:
-                core.handle_record(e.table, e.network, e.key, e.value, now=now)
-                return
-            if host != e.owner:
-                self.counters["foreign_records"] += 1
-                return
-            self._noded.add(writer)
-        elif self.host_of(writer) != e.owner:
-            self.counters["foreign_records"] += 1
-            return
-        if self._learn(writer, e.owner):
-            self._reconcile(e.owner, now)
-        self._spot_predecessors(e, writer, now)
-        core.handle_record(e.table, e.network, e.key, e.value, owner=writer, now=now)
-
-    def _spot_predecessors(self, e: Any, writer: str, now: float) -> None:
-        """Names of earlier identities of this host in a record (writer, grant target, reclaimer,
-        origin of a copy, retired subject) that no node record told the core about: after a restart
-        without the state directory NetworkDB deletes this host's previous entries (owner authority),
-        its node records included, so the core would never adopt them. Tell it (host = this host)."""
-        core = self.core
-        assert core is not None
-        names = [writer]
-        if e.table == TABLE_BLOCK:
-            with contextlib.suppress(DecodeError):
-                r = decode_block(e.value)
-                names += [r.to, r.by, r.origin]
-        elif e.table == TABLE_RETIRED:
-            names.append(parse_writer_key(e.key)[0])
-        me = self.node.name
-        for n in names:
-            if not n or n == core.name or n in self._predecessors or identity_host(n) != me:
-                continue
-            self._predecessors.add(n)
-            if n in self._noded:
-                continue  # its node record reached the core
-            self._noded.add(n)
-            self.counters["predecessors_found"] += 1
-            self._learn(n, me)
-            log.info("IPAM: %s is an earlier identity of this host; adopting its blocks", n)
-            core.handle_record(TABLE_NODE, "", n, encode_node(NodeRecord(me, 0, "")), owner=n, now=now)
-
-    def _on_identity(self, e: Any, now: float) -> None:
-        """``ipam.identity``: a host's current IPAM identity (written by the host itself)."""
-        core = self.core
-        assert core is not None
-        try:
-            ident = e.value.decode()
-        except UnicodeDecodeError:
-            ident = ""
-        if e.key != e.owner or not ident or self.host_of(ident) != e.key:
-            self.counters["foreign_records"] += 1
-            return
-        if e.key == self.node.name:
-            if ident != core.name and ident not in self._predecessors and ident not in self._noded:
-                # this host's previous life (NetworkDB re-asserts ours over it)
-                self._predecessors.add(ident)
-                self._noded.add(ident)
-                self.counters["predecessors_found"] += 1
-                self._learn(ident, e.key)
-                core.handle_record(
-                    TABLE_NODE, "", ident, encode_node(NodeRecord(e.key, 0, "")), owner=ident, now=now
-                )
-            return
-        self._learn(ident, e.key)
-        self._current[e.key] = ident
-        self._reconcile(e.key, now)
-
-    def _verdict(self, host: str, state: str, now: float) -> None:
-        """A gossip verdict (alive | failed | left) about ``host``."""
-        self._gossip[host] = state
-        self._reconcile(host, now)
-
-    def _reconcile(self, host: str, now: float) -> None:
-        """Tell the core about the identities of ``host``: its current one (``ipam.identity``) shares
-        the host's gossip verdict; the others are superseded (the host runs a newer identity, so they
-        are gone: ``left``). Until the host announced its current one, the only identity known of it
-        (or a legacy identity named as its host) counts as current; with several, a live host's
-        identities count as failed (the core neither sends them work nor picks them as heirs). This
-        host's earlier identities are left to adoption."""
-        core = self.core
-        if core is None or host == self.node.name:
-            return
-        verdict = self._gossip.get(host)
-        if verdict is None:
-            return
-        idents = self._idents.get(host, set())
-        cur = self._current.get(host)
-        if cur is None and idents:
-            # not announced (yet): a legacy identity named as its host, or the only one known
-            cur = host if host in idents else (next(iter(idents)) if len(idents) == 1 else None)
-        for ident in sorted(idents):
-            if ident == cur:
-                want = verdict
-            elif cur is not None:
-                want = "left"
-            else:
-                want = "failed" if verdict == "alive" else verdict
-            if self._told.get(ident) == want:
-                continue
-            self._told[ident] = want
-            if want == "alive":
-                core.node_alive(ident, now=now)
-            elif want == "failed":
-                core.node_failed(ident, now=now)
-            else:
-                core.node_left(ident, now=now)
-
-    def _on_messages(self, node: str, src: str, dst: str, payloads: list[bytes], now: float) -> None:
-        """IPAM messages from host ``node``: for this identity, from an identity of that host."""
-        core = self.core
-        assert core is not None
-        if dst != core.name:
-            self.counters["misaddressed_messages"] += len(payloads)
-            return
-        if self.host_of(src) != node:
-            self.counters["foreign_messages"] += len(payloads)
-            return
-        self.counters["messages_received"] += len(payloads)
-        for p in payloads:
-            core.receive_message(src, p, now=now)
-
-    def _reclaim_targets(self, names: Sequence[str]) -> list[str]:
-        out: list[str] = []
-        me = self.node.name
-        for n in names:
-            idents = self._idents.get(n)
-            if not idents:
-                out.append(n)  # an identity name (or unknown: the core says so)
-                continue
-            cur = self.core.name if n == me else self._current.get(n)
-            running = n == me or self._gossip.get(n) == "alive"
-            gone = sorted(i for i in idents if i != cur or not running)
-            out.extend(gone or [cur or n])  # nothing gone: the core refuses the live identity
-        return list(dict.fromkeys(out))
-
-    def _readable(self, text: str) -> str:
-        """A core message with the reclaim commands naming hosts (a host reclaims its gone identities)."""
-
-        def hosts(m: re.Match[str]) -> str:
-            names = dict.fromkeys(self.host_of(x) for x in m.group(1).split())
-            return f"`meshnetctl ipam reclaim {' '.join(names)}`"
-
-        return re.sub(r"`meshnetctl ipam reclaim ([^`]*)`", hosts, text)
+        """``/v1/ipam...`` (routes in ``meshnet/runtime/ipam_api.py``)."""
+        return await handle_ipam_api(self, request)
 
     # ------------------------------------------------------------------ internals: driving the core
 
