@@ -511,6 +511,7 @@ def run_real(args: argparse.Namespace) -> Figures:
         # Datagrams the kernel dropped because a receiver's socket buffer was full (whole host's
         # namespace: other jobs' UDP counts too): a starved agent loses gossip, a bulk sync repairs it.
         figs.notes.append(f"UDP receive-buffer drops in the write window (host-wide): {drops}")
+        figs.notes.append("losses summed over agents: " + loss_counters(agents))
         figs.bench_queue_max = max(
             a.call("GET", f"/v1/db/stats?network={NETWORK}")["queue"]["max_len_seen"] for a in agents
         )
@@ -527,6 +528,25 @@ def run_real(args: argparse.Namespace) -> Figures:
             print(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def loss_counters(agents: list[Agent]) -> str:
+    """Where an agent can lose a gossiped entry: its datagram send queue and socket errors, the bench
+    network's queue evictions, and NetworkDB's dropped/rejected counters (non-zero ones only)."""
+    total: collections.Counter[str] = collections.Counter()
+    for a in agents:
+        rt = a.call("GET", "/v1/agent")["stats"]["runtime"]
+        for k in ("udp_queue_dropped", "udp_send_errors", "udp_receive_errors"):
+            total[k] += rt.get(k, 0)
+        st = a.call("GET", "/v1/db/stats")
+        for k, v in st["node"].items():
+            if isinstance(v, int) and ("dropped" in k or "rejected" in k):
+                total[k] += v
+        for net in st["networks"]:
+            if net["network"] == NETWORK:
+                for k in ("evicted", "dropped_full"):
+                    total[f"queue_{k}"] += net["queue"].get(k, 0)
+    return ", ".join(f"{k} {v}" for k, v in sorted(total.items()) if v) or "none"
 
 
 def udp_rcvbuf_errors() -> int:
