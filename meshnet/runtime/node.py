@@ -677,6 +677,27 @@ def _check_addr(addr: Addr, what: str) -> Addr:
     return (str(ip), int(port))
 
 
+#: Receive buffer asked for the gossip UDP socket. Datagrams arrive in bursts (NetworkDB packs up to 32
+#: datagrams per peer per interval); with the kernel's default (~208 KiB) an agent that is not scheduled
+#: for ~100 ms overflows it, the kernel drops datagrams, SWIM probes are lost (false suspicions) and table
+#: entries wait for the next bulk sync. memberlist asks for 2 MiB for the same reason.
+UDP_RCVBUF = 4 << 20
+
+
+def _grow_receive_buffer(udp: trio.socket.SocketType) -> None:
+    """Ask for ``UDP_RCVBUF``: the kernel caps SO_RCVBUF at net.core.rmem_max; with CAP_NET_ADMIN (root)
+    SO_RCVBUFFORCE goes past it. Best effort: a smaller buffer only means earlier drops under load."""
+    try:
+        udp.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, UDP_RCVBUF)
+        # Linux reports twice the size it keeps for bookkeeping.
+        if udp.getsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF) < UDP_RCVBUF:
+            force = getattr(trio.socket, "SO_RCVBUFFORCE", None)
+            if force is not None:
+                udp.setsockopt(trio.socket.SOL_SOCKET, force, UDP_RCVBUF)
+    except OSError as exc:
+        log.debug("could not grow the UDP receive buffer: %s", exc)
+
+
 async def _bind_udp_and_tcp(addr: Addr) -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
     """A UDP socket and a listening TCP socket on the same IP:port (port 0: one free port for both)."""
     ip, port = addr
@@ -691,6 +712,7 @@ async def _bind_udp_and_tcp(addr: Addr) -> tuple[trio.socket.SocketType, trio.so
             await tcp.bind((ip, port))
             bound_port = tcp.getsockname()[1]
             await udp.bind((ip, bound_port))
+            _grow_receive_buffer(udp)
             tcp.listen(128)
             return udp, tcp
         except OSError as exc:

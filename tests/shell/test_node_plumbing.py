@@ -210,3 +210,26 @@ async def test_port_in_use_is_a_config_error_naming_the_fix():
             assert "cannot bind" in str(exc) and "--bind" in str(exc)
         else:
             raise AssertionError("expected a ConfigError")
+
+
+async def test_the_gossip_udp_socket_gets_a_large_receive_buffer():
+    """Bursts of NetworkDB datagrams overflowed the kernel's default buffer (RcvbufErrors, lost probes):
+    the agent asks for UDP_RCVBUF (capped by rmem_max unless SO_RCVBUFFORCE is allowed, as for root)."""
+    import os
+    import socket
+
+    default = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        default_size = default.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    finally:
+        default.close()
+    udp, tcp = await node_mod._bind_udp_and_tcp(("127.0.8.61", 0))
+    try:
+        got = udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    finally:
+        udp.close()
+        tcp.close()
+    with open("/proc/sys/net/core/rmem_max") as f:
+        rmem_max = int(f.read())
+    reachable = node_mod.UDP_RCVBUF if os.geteuid() == 0 else min(node_mod.UDP_RCVBUF, rmem_max)
+    assert got >= reachable > default_size / 2, (got, default_size, rmem_max)
