@@ -57,8 +57,10 @@ DurableKey = tuple[Any, ...]
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """This node's IPAM identity. ``name`` is also its gossip member name; a state directory is made with
-    a fresh random ``incarnation``, so a node without its directory is always a new identity (3.10)."""
+    """This node's IPAM identity. ``name`` is unique per identity (the agent uses ``HOST~8 hex digits of the
+    incarnation``, meshnet/runtime/ipam_identity.py) and ``host`` is the host it runs on (the gossip member
+    name); a state directory is made with a fresh random ``incarnation``, so a node without its directory
+    is always a new identity of the same host (3.10)."""
 
     name: str
     host: str
