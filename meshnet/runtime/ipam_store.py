@@ -27,6 +27,7 @@ from typing import Any
 
 from meshnet.core.errors import ConfigError
 from meshnet.ipam import Persist
+from meshnet.runtime.state import fsync_dir, replace_atomically
 
 __all__ = ["IpamStore", "COMPACT_MIN_FRAMES", "STORE_FORMAT"]
 
@@ -36,14 +37,6 @@ log = logging.getLogger("meshnet.ipam")
 COMPACT_MIN_FRAMES = 2048
 STORE_FORMAT = 1
 _FRAME = struct.Struct(">II")
-
-
-def _fsync_dir(path: str) -> None:
-    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class IpamStore:
@@ -149,7 +142,7 @@ class IpamStore:
                 os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_DSYNC,
                 0o600,
             )
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         view = memoryview(data)
         while view:
             view = view[os.write(self._log_fd, view) :]
@@ -167,23 +160,13 @@ class IpamStore:
     def compact(self) -> None:
         """Write ``records`` as the snapshot (atomically), then empty the log (raises OSError)."""
         data = pickle.dumps((STORE_FORMAT, list(self.records.items())), protocol=pickle.HIGHEST_PROTOCOL)
-        final = os.path.join(self.path, self.SNAP)
-        tmp = final + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
+        replace_atomically(self.path, self.SNAP, data)
         if self._log_fd is not None:
             os.close(self._log_fd)
             self._log_fd = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.path, self.LOG))
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         self.log_frames = 0
 
     def move_aside(self) -> str:

@@ -80,7 +80,8 @@ def encode_del(slot: Slot) -> bytes:
     return json.dumps({"op": "del", "n": n, "t": t, "k": k}, separators=(",", ":")).encode() + b"\n"
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """fsync a directory, so a rename or unlink in it survives a crash."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -88,7 +89,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _replace_atomically(directory: str, name: str, data: bytes) -> None:
+def replace_atomically(directory: str, name: str, data: bytes) -> None:
     """Write ``directory/name`` so that a crash leaves either the old or the new content."""
     final = os.path.join(directory, name)
     tmp = final + ".tmp"
@@ -101,7 +102,7 @@ def _replace_atomically(directory: str, name: str, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, final)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 class StateDir:
@@ -255,7 +256,7 @@ class StateDir:
             "high_water": int(high_water),
             "networks": sorted(networks),
         }
-        _replace_atomically(self.path, NODE_FILE, json.dumps(body, indent=1).encode() + b"\n")
+        replace_atomically(self.path, NODE_FILE, json.dumps(body, indent=1).encode() + b"\n")
 
     def append(self, lines: list[bytes]) -> None:
         """Append encoded lines to the log and fsync (raises OSError). One caller at a time."""
@@ -280,12 +281,12 @@ class StateDir:
         for (n, t, k), v in entries.items():
             obj = {"n": n, "t": t, "k": k, "v": base64.b64encode(v).decode("ascii")}
             parts.append(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
-        _replace_atomically(self.path, SNAP_FILE, b"".join(parts))
+        replace_atomically(self.path, SNAP_FILE, b"".join(parts))
         if self._log_fd is not None:
             os.close(self._log_fd)
             self._log_fd = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.path, LOG_FILE))
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         self.log_lines = 0
         self.snapshot_entries = len(entries)
