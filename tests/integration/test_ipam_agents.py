@@ -16,8 +16,6 @@ within ``allocation_budget`` (10 s), a reclaim within ``reclaim_budget`` (30 s).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import ipaddress
 import json
 import re
@@ -25,20 +23,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from meshnet import ctl
+from tests.integration import agent_pool
+from tests.integration.agent_pool import Pool, wait_until
 
-BIN = Path(sys.executable).parent
-AGENT = str(BIN / "meshnet-agent")
-CTL = str(BIN / "meshnetctl")
 DETECT_TIMEOUT = 30.0
 SPREAD_TIMEOUT = 20.0
 #: IpamConfig.allocation_budget: an allocation never takes longer (plus scheduling slack).
@@ -47,36 +41,7 @@ ALLOCATION_BUDGET = 10.0
 pytestmark = pytest.mark.hang_guard(300)
 
 
-def _die_with_parent() -> None:  # in the child, between fork and exec
-    with contextlib.suppress(OSError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Agent:
-    name: str
-    ip: str
-    port: int
-    api: Path
-    state: Path
-    log: Path
-    proc: subprocess.Popen
-    stopped: bool = False
-
-    def call(self, method: str, target: str, body=None, timeout: float = 30.0):
-        return ctl.call(str(self.api), method, target, body=body, timeout=timeout)
-
-    def get(self, target: str):
-        try:
-            return self.call("GET", target)
-        except (ctl.AgentError, ctl.AgentUnreachable):
-            return None
-
-    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [CTL, "--api", str(self.api), *args], capture_output=True, text=True, timeout=timeout
-        )
-
+class Agent(agent_pool.Agent):
     def allocate(self, network: str, tag: str, preferred: str | None = None) -> dict:
         body = {"network": network, "tag": tag}
         if preferred is not None:
@@ -94,94 +59,8 @@ class Agent:
         """The agent's current IPAM identity name."""
         return self.call("GET", "/v1/ipam")["identity"]
 
-    def states(self) -> dict[str, str]:
-        body = self.get("/v1/members")
-        return {} if body is None else {m["name"]: m["state"] for m in body["members"]}
 
-
-class Pool:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.history: list[Agent] = []
-
-    def start(self, name: str, ip: str, *, port: int = 0, join: Agent | None = None) -> Agent:
-        api = self.workdir / f"{name}.sock"
-        state = self.workdir / f"{name}.state"
-        log = self.workdir / f"{name}.{len(self.history)}.log"
-        argv = [AGENT, "run", "--name", name, "--bind", f"{ip}:{port}", "--api", str(api)]
-        argv += ["--state-dir", str(state), "--dataplane", "none", "--profile", "local"]
-        if join is not None:
-            argv += ["--join", f"{join.ip}:{join.port}"]
-        with open(log, "wb") as fh:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
-        agent = Agent(name, ip, port, api, state, log, proc)
-        self.history.append(agent)
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited with {proc.returncode}\n{self.describe()}")
-            info = agent.get("/v1/agent")
-            if info is None:
-                return False
-            agent.port = info["port"]
-            return True
-
-        wait_until(up, 20, f"{name}'s API", self.describe)
-        return agent
-
-    def describe(self) -> str:
-        out = []
-        for a in self.history:
-            text = a.log.read_text(errors="replace") if a.log.exists() else ""
-            out.append(f"----- {a.name} (pid {a.proc.pid}, rc {a.proc.poll()})\n{text[-3000:]}")
-        return "\n".join(out)
-
-    def kill(self, agent: Agent) -> None:
-        agent.proc.kill()
-        agent.proc.wait(timeout=10)
-
-    def stop_all(self) -> None:
-        for agent in reversed(self.history):
-            if agent.proc.poll() is not None:
-                continue
-            if agent.stopped:
-                agent.proc.send_signal(signal.SIGCONT)
-            agent.proc.send_signal(signal.SIGTERM)
-            try:
-                agent.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                agent.proc.kill()
-                agent.proc.wait()
-
-
-def wait_until(
-    pred: Callable[[], bool], timeout: float, what: str, describe: Callable[[], str] = str
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{describe()}")
-
-
-@pytest.fixture
-def pool() -> Iterator[Pool]:
-    workdir = Path(tempfile.mkdtemp(prefix="meshnet-ipam-it-"))
-    p = Pool(workdir)
-    try:
-        yield p
-    finally:
-        try:
-            p.stop_all()
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+pool = agent_pool.pool_fixture("meshnet-ipam-it-", Agent)
 
 
 def start_cluster(pool: Pool, base: str, n: int, network: str, subnet: str) -> list[Agent]:

@@ -15,150 +15,33 @@ multiplier (3), so 30 s bounds it with room for a loaded machine.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from meshnet import ctl
+from tests.integration import agent_pool
+from tests.integration.agent_pool import Pool, wait_until
 
-BIN = Path(sys.executable).parent
-AGENT = str(BIN / "meshnet-agent")
-CTL = str(BIN / "meshnetctl")
 DETECT_TIMEOUT = 30.0
 SPREAD_TIMEOUT = 20.0
 
 pytestmark = pytest.mark.hang_guard(240)
 
 
-def _die_with_parent() -> None:  # in the child, between fork and exec
-    with contextlib.suppress(OSError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+class Agent(agent_pool.Agent):
+    def call(self, method: str, target: str, body=None, timeout: float = 10.0):
+        return super().call(method, target, body, timeout)
 
-
-@dataclass
-class Agent:
-    name: str
-    ip: str
-    port: int
-    api: Path
-    state: Path
-    log: Path
-    proc: subprocess.Popen
-    stopped: bool = False
-
-    def call(self, method: str, target: str, body=None):
-        return ctl.call(str(self.api), method, target, body=body, timeout=10)
-
-    def get(self, target: str):
-        """The JSON body, or None when the agent answers an error or does not answer."""
-        try:
-            return self.call("GET", target)
-        except (ctl.AgentError, ctl.AgentUnreachable):
-            return None
-
-    def ctl(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [CTL, "--api", str(self.api), *args], capture_output=True, text=True, timeout=30
-        )
+    def ctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return super().ctl(*args, timeout=timeout)
 
     def entry(self, net: str, table: str, key: str, *, hidden: bool = False):
         return self.get(f"/v1/db/{net}/{table}/{key}" + ("?hidden=true" if hidden else ""))
 
 
-class Pool:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.agents: dict[str, Agent] = {}
-        self.history: list[Agent] = []
-
-    def start(
-        self, name: str, ip: str, *, port: int = 0, join: Agent | None = None, state: Path | None = None
-    ):
-        api = self.workdir / f"{name}.sock"
-        state = state or self.workdir / f"{name}.state"
-        log = self.workdir / f"{name}.{len(self.history)}.log"
-        argv = [AGENT, "run", "--name", name, "--bind", f"{ip}:{port}", "--api", str(api)]
-        argv += ["--state-dir", str(state), "--dataplane", "none", "--profile", "local"]
-        if join is not None:
-            argv += ["--join", f"{join.ip}:{join.port}"]
-        with open(log, "wb") as fh:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
-        agent = Agent(name, ip, port, api, state, log, proc)
-        self.agents[name] = agent
-        self.history.append(agent)
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited with {proc.returncode}\n{self.describe()}")
-            info = agent.get("/v1/agent")
-            if info is None:
-                return False
-            agent.port = info["port"]
-            return True
-
-        wait_until(up, 20, f"{name}'s API", self.describe)
-        return agent
-
-    def describe(self) -> str:
-        out = []
-        for a in self.history:
-            text = a.log.read_text(errors="replace") if a.log.exists() else ""
-            out.append(f"----- {a.name} (pid {a.proc.pid}, rc {a.proc.poll()})\n{text[-4000:]}")
-        return "\n".join(out)
-
-    def stop_all(self) -> None:
-        for agent in reversed(self.history):
-            if agent.proc.poll() is not None:
-                continue
-            if agent.stopped:
-                agent.proc.send_signal(signal.SIGCONT)
-            agent.proc.send_signal(signal.SIGTERM)
-            try:
-                agent.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                agent.proc.kill()
-                agent.proc.wait()
-
-
-def wait_until(
-    pred: Callable[[], bool], timeout: float, what: str, describe: Callable[[], str] = str
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{describe()}")
-
-
-@pytest.fixture
-def pool() -> Iterator[Pool]:
-    workdir = Path(tempfile.mkdtemp(prefix="meshnet-ndb-it-"))
-    p = Pool(workdir)
-    try:
-        yield p
-    finally:
-        try:
-            p.stop_all()
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+pool = agent_pool.pool_fixture("meshnet-ndb-it-", Agent)
 
 
 def start_five(pool: Pool, base: str) -> list[Agent]:
