@@ -134,7 +134,10 @@ class _Demo:
 
     def _wait_reach(self, name: str, target: str) -> None:
         def answers() -> bool:
-            return self.h.exec(name, ["ping", "-c", "1", "-W", "1", target], timeout=10).returncode == 0
+            try:
+                return self.h.exec(name, ["ping", "-c", "1", "-W", "1", target], timeout=10).returncode == 0
+            except subprocess.TimeoutExpired:  # e.g. a name lookup that stalled: try again
+                return False
 
         from sim.netns import wait_until
 

@@ -484,7 +484,20 @@ class Harness:
         record["netns"] = Path(str(record["netns"])).name  # "/run/netns/NAME" -> "NAME"
         with self._locked() as st:
             st.setdefault("containers", {})[name] = record
+        self._wait_resolv_conf(host, record["netns"])
         return record
+
+    def _wait_resolv_conf(self, host: str, netns: str, timeout: float = 10.0) -> None:
+        """With the DNS service running, wait (bounded) until it wrote the sandbox's resolv.conf: ``ip netns
+        exec`` bind-mounts /etc/netns/NAME/resolv.conf only if it exists when the command starts, and a
+        command started before would ask the host's upstreams (unreachable here) and stall."""
+        info = self._get_or_none(host, "/v1/agent")
+        if not isinstance(info, dict) or "dns" not in (info.get("services") or {}):
+            return
+        path = Path("/etc/netns") / netns / "resolv.conf"
+        deadline = time.monotonic() + timeout
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _ensure_network(self, host: str, network: str, subnet: str | None, timeout: float) -> None:
         known = self.state().get("networks", {})
