@@ -52,27 +52,16 @@ sys.path.insert(0, str(REPO))
 from meshnet import ctl  # noqa: E402
 from tests.interop.serfctl import Processes, meshnet_command  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from networkdb import Agent as NdbAgent  # noqa: E402  (the same agent handle as bench/networkdb.py)
+
 NETWORK = "bench"
 TARGETS = {"local_p99_ms": 5.0, "remote_p99_ms": 500.0}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-@dataclass
-class Agent:
-    name: str
-    ip: str
-    api: str
-    pid: int = 0
-    port: int = 0
-
-    def call(self, method: str, target: str, body: Any = None, timeout: float = 30.0) -> Any:
-        return ctl.call(self.api, method, target, body=body, timeout=timeout)
-
-    def try_get(self, target: str) -> Any:
-        try:
-            return self.call("GET", target, timeout=10)
-        except (ctl.AgentError, ctl.AgentUnreachable):
-            return None
+class Agent(NdbAgent):
+    """bench/networkdb.py's agent handle plus its CPU time."""
 
     def cpu_s(self) -> float:
         try:
